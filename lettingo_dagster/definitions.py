@@ -1,0 +1,33 @@
+"""The Dagster code location: `defs` holds every asset, check, job, sensor and resource.
+
+Loaded by `workspace.yaml`, `dagster dev`, `dagster asset materialize -m lettingo_dagster.definitions`
+and `lettingo run`. LETTINGO_PRESET selects the preset for every entry point.
+"""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from lettingo_dagster.data.assets import data_assets, dataset_partitions
+from lettingo_dagster.resources import SettingsResource, Warehouse
+
+all_assets = [*data_assets]
+
+pipeline_job = dg.define_asset_job(
+    name="lettingo_pipeline",
+    selection=dg.AssetSelection.all(),
+    partitions_def=dataset_partitions,
+    description="Materialize the whole LettinGo graph for one dataset partition.",
+)
+data_job = dg.define_asset_job(
+    name="ingest_data",
+    selection=dg.AssetSelection.groups("data"),
+    partitions_def=dataset_partitions,
+    description="Load a dataset's raw files and rebuild its task samples, with their checks.",
+)
+
+defs = dg.Definitions(
+    assets=all_assets,
+    jobs=[pipeline_job, data_job],
+    resources={"settings": SettingsResource(), "warehouse": Warehouse()},
+)

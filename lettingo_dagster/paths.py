@@ -1,0 +1,43 @@
+"""Where things live: the repository's non-code inputs and everything a run writes.
+
+`LETTINGO_HOME` (default `./.lettingo`) holds the DuckDB warehouse, the MLflow store,
+checkpoints, reports, the data cache and the Dagster home, so one folder is one deployment.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+PACKAGE_ROOT = Path(__file__).resolve().parent
+PROJECT_ROOT = PACKAGE_ROOT.parent
+ASSETS_DIR = Path(os.environ.get("LETTINGO_ASSETS_DIR", PROJECT_ROOT / "assets"))
+PRESETS_DIR = ASSETS_DIR / "presets"
+DATASETS_FILE = ASSETS_DIR / "datasets.yaml"
+
+
+def lettingo_home() -> Path:
+    """Root of everything a run writes; relative values resolve against the working directory."""
+    return Path(os.environ.get("LETTINGO_HOME", ".lettingo")).expanduser().resolve()
+
+
+def data_cache_dir() -> Path:
+    """Raw dataset files (fetched or dropped in by the user)."""
+    override = os.environ.get("LETTINGO_DATA")
+    return Path(override).expanduser().resolve() if override else lettingo_home() / "data"
+
+
+def warehouse_path() -> Path:
+    """The DuckDB file that holds every table asset."""
+    return lettingo_home() / "warehouse.duckdb"
+
+
+def dagster_home() -> Path:
+    """`DAGSTER_HOME` when the user set one, else a folder under `LETTINGO_HOME`."""
+    override = os.environ.get("DAGSTER_HOME")
+    return Path(override).expanduser().resolve() if override else lettingo_home() / "dagster"
+
+
+def landing_dir(dataset: str) -> Path:
+    """Folder a user drops new interaction files into for `dataset`."""
+    return lettingo_home() / "landing" / dataset

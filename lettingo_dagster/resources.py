@@ -1,0 +1,53 @@
+"""Dagster resources: the active preset and the DuckDB warehouse."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import dagster as dg
+import duckdb
+from dagster_duckdb import DuckDBResource
+from pydantic import Field
+
+from lettingo_dagster.paths import PRESETS_DIR, warehouse_path
+from lettingo_dagster.settings import Preset, active_preset_name, load_preset
+
+
+class SettingsResource(dg.ConfigurableResource):
+    """The preset every asset reads its settings from (LETTINGO_PRESET selects it)."""
+
+    preset: str = Field(
+        default_factory=active_preset_name,
+        description="Name of a preset under assets/presets/ (LETTINGO_PRESET, default 'default').",
+    )
+    presets_dir: str = Field(
+        default=str(PRESETS_DIR), description="Folder holding the preset YAML files."
+    )
+
+    def load(self) -> Preset:
+        from pathlib import Path
+
+        return load_preset(self.preset, Path(self.presets_dir))
+
+
+class Warehouse(DuckDBResource):
+    """The DuckDB file holding every table asset (one writer at a time: the `duckdb` pool)."""
+
+    database: str = Field(
+        default_factory=lambda: str(warehouse_path()),
+        description="Path of the DuckDB warehouse file (default $LETTINGO_HOME/warehouse.duckdb).",
+    )
+
+    @contextmanager
+    def get_connection(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        from pathlib import Path
+
+        if self.database != ":memory:":
+            Path(self.database).parent.mkdir(parents=True, exist_ok=True)
+        with super().get_connection() as connection:
+            try:
+                yield connection
+            finally:
+                # The parent only closes on success; a failed step must not hold the file lock.
+                connection.close()

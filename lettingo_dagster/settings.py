@@ -1,0 +1,185 @@
+"""Presets: named, versioned bundles of settings under `assets/presets/<name>.yaml`.
+
+`LETTINGO_PRESET=NAME` selects one for every entry point (UI, CLI, sensors). Every setting has a
+description (shown by `lettingo preset show`); unknown keys and bad values are errors that name
+the key, so a typo never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from lettingo_dagster.paths import PRESETS_DIR
+
+DEFAULT_PRESET = "default"
+
+
+class PresetError(ValueError):
+    """A preset file is missing, unreadable, or has an unknown key or a bad value."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SplitSettings(_Section):
+    seed: int = Field(
+        17, description="Seed of the user-id hash that assigns train / calibration / test."
+    )
+    calibration_fraction: float = Field(
+        0.2, gt=0, lt=1, description="Share of users in the calibration split (choices and tuning)."
+    )
+    test_fraction: float = Field(
+        0.2, gt=0, lt=1, description="Share of users held out for the evaluation report only."
+    )
+    max_users_per_split: int | None = Field(
+        None,
+        ge=1,
+        description="Keep at most this many users per split (those with the smallest hash), "
+        "for quick presets; null keeps all.",
+    )
+
+    @model_validator(mode="after")
+    def _fractions_leave_training_users(self) -> SplitSettings:
+        if self.calibration_fraction + self.test_fraction >= 1:
+            raise ValueError("calibration_fraction + test_fraction must be below 1")
+        return self
+
+
+class TaskSettings(_Section):
+    recent_window: int = Field(
+        10,
+        ge=1,
+        le=200,
+        description="K: raw recent interactions before each target (the paper's 10H).",
+    )
+    long_window: int = Field(
+        30,
+        ge=1,
+        le=1000,
+        description="L: older interactions given to the profile generator (30, 50 or 70 in the paper).",
+    )
+    targets_per_user: int = Field(
+        5,
+        ge=1,
+        le=100,
+        description="T: the user's last T interactions are targets (1 = the paper's last-item setting).",
+    )
+    like_threshold: float = Field(4.0, description="A rating at or above this is labelled 'like'.")
+    dislike_threshold: float = Field(
+        2.0, description="A rating at or below this is labelled 'dislike'; between is 'neutral'."
+    )
+    negatives_per_target: int = Field(
+        19,
+        ge=1,
+        le=1000,
+        description="N: seeded items the user never rated, ranked against each target (ranking task).",
+    )
+    negative_seed: int = Field(23, description="Seed for drawing negatives.")
+    split: SplitSettings = Field(default_factory=SplitSettings, description="User split.")
+
+    @model_validator(mode="after")
+    def _thresholds_ordered(self) -> TaskSettings:
+        if self.dislike_threshold >= self.like_threshold:
+            raise ValueError("dislike_threshold must be below like_threshold")
+        return self
+
+    @property
+    def min_interactions(self) -> int:
+        """A user needs T targets, K recent items before the earliest target, and a full long window."""
+        return self.targets_per_user + self.recent_window + self.long_window
+
+
+class DataSettings(_Section):
+    datasets: list[str] | None = Field(
+        None,
+        description="Registry names this preset works on (the UI still lists every registered "
+        "dataset); null means all. `lettingo run` materializes these.",
+    )
+
+
+class Preset(_Section):
+    name: str = Field(description="Preset name (the file's stem).")
+    description: str = Field("", description="What this preset is for.")
+    data: DataSettings = Field(default_factory=DataSettings, description="Which datasets to use.")
+    task: TaskSettings = Field(default_factory=TaskSettings, description="Task construction.")
+
+
+def _format_validation_error(path: Path, error: ValidationError) -> str:
+    lines = [f"{path}: invalid preset"]
+    for item in error.errors():
+        key = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        if item["type"] == "extra_forbidden":
+            lines.append(f"  {key}: unknown setting")
+        else:
+            value = item.get("input")
+            shown = "" if isinstance(value, dict) else f" (got {value!r})"
+            lines.append(f"  {key}: {item['msg']}{shown}")
+    return "\n".join(lines)
+
+
+def preset_path(name: str, presets_dir: Path = PRESETS_DIR) -> Path:
+    return presets_dir / f"{name}.yaml"
+
+
+def available_presets(presets_dir: Path = PRESETS_DIR) -> list[str]:
+    return sorted(p.stem for p in presets_dir.glob("*.yaml"))
+
+
+def load_preset(name: str, presets_dir: Path = PRESETS_DIR) -> Preset:
+    """Read and validate `<presets_dir>/<name>.yaml`; raise PresetError naming the key at fault."""
+    path = preset_path(name, presets_dir)
+    if not path.is_file():
+        known = ", ".join(available_presets(presets_dir)) or "none"
+        raise PresetError(f"{path}: no such preset {name!r} (available: {known})")
+    try:
+        raw: Any = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise PresetError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise PresetError(f"{path}: expected a mapping of settings, got {type(raw).__name__}")
+    raw.setdefault("name", name)
+    try:
+        return Preset.model_validate(raw)
+    except ValidationError as exc:
+        raise PresetError(_format_validation_error(path, exc)) from None
+
+
+def active_preset_name() -> str:
+    return os.environ.get("LETTINGO_PRESET", DEFAULT_PRESET)
+
+
+@lru_cache(maxsize=16)
+def _cached_preset(name: str, presets_dir: str) -> Preset:
+    return load_preset(name, Path(presets_dir))
+
+
+def active_preset() -> Preset:
+    """The preset named by LETTINGO_PRESET (default: `default`)."""
+    return _cached_preset(active_preset_name(), str(PRESETS_DIR))
+
+
+def describe_settings(
+    model: type[BaseModel] = Preset, prefix: str = ""
+) -> list[tuple[str, str, str]]:
+    """(key, default, description) for every setting: the configuration reference."""
+    rows: list[tuple[str, str, str]] = []
+    for key, field in model.model_fields.items():
+        annotation = field.annotation
+        full_key = f"{prefix}{key}"
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            rows.extend(describe_settings(annotation, prefix=f"{full_key}."))
+            continue
+        default = (
+            "required"
+            if field.is_required()
+            else repr(field.get_default(call_default_factory=True))
+        )
+        rows.append((full_key, default, field.description or ""))
+    return rows

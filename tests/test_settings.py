@@ -1,0 +1,69 @@
+from pathlib import Path
+
+import pytest
+
+from lettingo_dagster.settings import (
+    PresetError,
+    available_presets,
+    describe_settings,
+    load_preset,
+)
+
+
+def test_shipped_presets_load_and_differ() -> None:
+    assert {"ci", "default"} <= set(available_presets())
+    ci, default = load_preset("ci"), load_preset("default")
+    assert default.data.datasets == ["movielens-100k"]
+    assert (default.task.recent_window, default.task.long_window) == (10, 30)
+    assert ci.task.split.max_users_per_split is not None
+    assert ci.task.min_interactions < default.task.min_interactions
+
+
+def test_every_setting_has_a_description() -> None:
+    rows = describe_settings()
+    assert len(rows) > 10
+    missing = [key for key, _default, description in rows if not description.strip()]
+    assert missing == []
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    (tmp_path / "p.yaml").write_text(text, encoding="utf-8")
+    return tmp_path
+
+
+def test_unknown_key_is_named(tmp_path: Path) -> None:
+    folder = _write(tmp_path, "task:\n  recnt_window: 5\n")
+    with pytest.raises(PresetError, match=r"task\.recnt_window: unknown setting"):
+        load_preset("p", folder)
+
+
+def test_bad_value_names_key_and_value(tmp_path: Path) -> None:
+    folder = _write(tmp_path, "task:\n  split:\n    test_fraction: 1.5\n")
+    with pytest.raises(PresetError) as info:
+        load_preset("p", folder)
+    message = str(info.value)
+    assert "task.split.test_fraction" in message and "1.5" in message and "p.yaml" in message
+
+
+def test_wrong_type_is_named(tmp_path: Path) -> None:
+    folder = _write(tmp_path, "task:\n  recent_window: ten\n")
+    with pytest.raises(PresetError, match=r"task\.recent_window: .*'ten'"):
+        load_preset("p", folder)
+
+
+def test_cross_field_rules(tmp_path: Path) -> None:
+    folder = _write(tmp_path, "task:\n  like_threshold: 2\n  dislike_threshold: 3\n")
+    with pytest.raises(PresetError, match="dislike_threshold must be below like_threshold"):
+        load_preset("p", folder)
+
+
+def test_missing_preset_lists_known(tmp_path: Path) -> None:
+    folder = _write(tmp_path, "{}\n")
+    with pytest.raises(PresetError, match=r"no such preset 'nope' \(available: p\)"):
+        load_preset("nope", folder)
+
+
+def test_invalid_yaml(tmp_path: Path) -> None:
+    folder = _write(tmp_path, "task: [unclosed\n")
+    with pytest.raises(PresetError, match="not valid YAML"):
+        load_preset("p", folder)
