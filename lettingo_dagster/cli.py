@@ -96,6 +96,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         result = job.execute_in_process(
             instance=instance, partition_key=dataset, raise_on_error=False,
             tags={"lettingo/preset": args.preset},
+            run_config={"loggers": {"console": {"config": {"log_level": args.log_level}}}},
         )  # fmt: skip
         seconds = time.perf_counter() - started
         materialized = sorted(
@@ -175,15 +176,21 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("--items", type=Path)
     validate.set_defaults(handler=_cmd_validate)
 
-    preset = commands.add_parser("preset", help="show a preset's settings with descriptions")
-    preset.add_argument("name", nargs="?", default=os.environ.get("LETTINGO_PRESET", "default"))
-    preset.set_defaults(handler=_cmd_preset)
+    preset = commands.add_parser("preset", help="inspect presets")
+    preset_commands = preset.add_subparsers(dest="preset_command", required=True)
+    show = preset_commands.add_parser("show", help="every setting of a preset, with descriptions")
+    show.add_argument("name", nargs="?", default=os.environ.get("LETTINGO_PRESET", "default"))
+    show.set_defaults(handler=_cmd_preset)
 
     run = commands.add_parser("run", help="materialize the whole graph in the persistent instance")
     run.add_argument("--preset", default=os.environ.get("LETTINGO_PRESET", "default"))
     run.add_argument(
         "--dataset", action="append", help="dataset partition(s); default: the preset's"
     )
+    run.add_argument(
+        "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="console log level of the run (the UI keeps every event)",
+    )  # fmt: skip
     run.set_defaults(handler=_cmd_run)
 
     ui = commands.add_parser("ui", help="open the Dagster UI on the persistent instance")

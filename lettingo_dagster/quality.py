@@ -101,6 +101,18 @@ def _to_jsonable(value: Any) -> Any:
     return value
 
 
+def _observed(details: Mapping[str, Any]) -> Any:
+    """GX's observed value, or for set expectations (which leave it empty) what was missing."""
+    if details.get("observed_value") is not None:
+        return _to_jsonable(details["observed_value"])
+    extra = {
+        key: _to_jsonable(value)
+        for key, value in details.items()
+        if key != "observed_value" and "unexpected" not in key and key != "element_count"
+    }
+    return extra or None
+
+
 def _examples(frame: pd.DataFrame, indexes: Sequence[Any] | None) -> list[dict[str, Any]]:
     if not indexes:
         return []
@@ -137,7 +149,7 @@ def validate_rules(
                     success=bool(item.success),
                     element_count=details.get("element_count"),
                     unexpected_count=details.get("unexpected_count"),
-                    observed=_to_jsonable(details.get("observed_value")),
+                    observed=_observed(details),
                     examples=_examples(frame, details.get("unexpected_index_list")),
                     error=(item.exception_info or {}).get("exception_message") if raised else None,
                 )

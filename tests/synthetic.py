@@ -23,7 +23,9 @@ def write_movielens_atomic(
     depend on the items' genres the way real ones do."""
     rng = np.random.default_rng(seed)
     folder.mkdir(parents=True, exist_ok=True)
-    item_genres = [rng.choice(len(GENRES), size=rng.integers(1, 3), replace=False) for _ in range(items)]
+    item_genres = [
+        rng.choice(len(GENRES), size=rng.integers(1, 3), replace=False) for _ in range(items)
+    ]
     item_lines = ["item_id:token\tmovie_title:token_seq\trelease_year:token\tclass:token_seq"]
     for item in range(1, items + 1):
         genres = " ".join(GENRES[g] for g in item_genres[item - 1])

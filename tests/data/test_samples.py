@@ -21,13 +21,15 @@ def _connection(tmp_path: Path, **kwargs: int) -> tuple[duckdb.DuckDBPyConnectio
     inter, item = write_movielens_atomic(tmp_path, **kwargs)
     raw = pd.read_csv(inter, sep="\t", dtype=str)
     raw.columns = ["user_id", "item_id", "rating", "timestamp"]
-    frame = raw.assign(dataset="syn", rating=raw.rating.astype(float), timestamp=raw.timestamp.astype(int))
+    frame = raw.assign(
+        dataset="syn", rating=raw.rating.astype(float), timestamp=raw.timestamp.astype(int)
+    )[["dataset", "user_id", "item_id", "rating", "timestamp"]]
     items = pd.read_csv(item, sep="\t", dtype=str).iloc[:, :1].set_axis(["item_id"], axis=1)
     con = duckdb.connect()
-    con.execute(
-        "CREATE TABLE interactions AS SELECT dataset, user_id, item_id, rating, timestamp FROM frame"
-    )
-    con.execute("CREATE TABLE items AS SELECT 'syn' AS dataset, item_id FROM items")
+    con.register("raw_interactions", frame)
+    con.register("raw_items", items)
+    con.execute("CREATE TABLE interactions AS SELECT * FROM raw_interactions")
+    con.execute("CREATE TABLE items AS SELECT 'syn' AS dataset, item_id FROM raw_items")
     return con, frame
 
 
@@ -46,7 +48,10 @@ def test_windows_targets_and_labels_follow_the_method(tmp_path: Path) -> None:
         items, ratings = list(history.item_id), list(history.rating)
         n = len(items)
         first_target = n - TASK.targets_per_user
-        expected_long = items[max(0, first_target - TASK.recent_window - TASK.long_window) : first_target - TASK.recent_window]
+        expected_long = items[
+            max(0, first_target - TASK.recent_window - TASK.long_window) : first_target
+            - TASK.recent_window
+        ]
         for row in rows.itertuples():
             position = n - 1 - row.target_index
             assert row.target_item_id == items[position]
