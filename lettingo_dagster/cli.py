@@ -47,6 +47,16 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _lookup(values: object, key: str) -> object:
+    """A dotted key's value; `name[]` maps the rest of the key over a list of entries."""
+    head, _, rest = key.partition(".")
+    if head.endswith("[]"):
+        entries = values.get(head[:-2], []) if isinstance(values, dict) else []
+        return [_lookup(entry, rest) for entry in entries]
+    value = values.get(head) if isinstance(values, dict) else None
+    return _lookup(value, rest) if rest else value
+
+
 def _cmd_preset(args: argparse.Namespace) -> int:
     from lettingo_dagster.settings import PresetError, describe_settings, load_preset
 
@@ -58,9 +68,9 @@ def _cmd_preset(args: argparse.Namespace) -> int:
     values = preset.model_dump()
     print(f"preset {preset.name}: {preset.description}\n")
     for key, default, description in describe_settings():
-        value: object = values
-        for part in key.split("."):
-            value = value[part] if isinstance(value, dict) else value
+        value = _lookup(values, key)
+        if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+            value = f"{len(value)} entries"
         print(f"{key} = {value!r}   (default {default})\n    {description}")
     return 0
 

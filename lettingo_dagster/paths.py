@@ -41,3 +41,13 @@ def dagster_home() -> Path:
 def landing_dir(dataset: str) -> Path:
     """Folder a user drops new interaction files into for `dataset`."""
     return lettingo_home() / "landing" / dataset
+
+
+def model_cache_path() -> Path:
+    """The persistent cache of model calls (generations and scores)."""
+    return lettingo_home() / "cache" / "model_calls.duckdb"
+
+
+def models_dir() -> Path:
+    """Trained models: versioned folders per asset and dataset."""
+    return lettingo_home() / "models"

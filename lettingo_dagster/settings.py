@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -18,6 +18,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from lettingo_dagster.paths import PRESETS_DIR
 
 DEFAULT_PRESET = "default"
+# The deterministic writers' styles (lettingo_dagster.exploration.writers.WRITERS).
+WRITER_STYLES = (
+    "genre_affinity", "eras", "rating_tendency", "favourites", "palr_keywords", "rlmrec_summary",
+)  # fmt: skip
 
 
 class PresetError(ValueError):
@@ -104,11 +108,139 @@ class DataSettings(_Section):
     )
 
 
+class DecodingSettings(_Section):
+    temperature: float = Field(1.0, ge=0, le=5, description="Sampling temperature; 0 is greedy.")
+    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass.")
+    max_new_tokens: int = Field(128, ge=1, le=4096, description="Longest profile, in tokens.")
+    seed: int = Field(
+        0, description="Base seed of the samples (sample j of a prompt uses seed + j)."
+    )
+
+
+class BaseGeneratorSettings(_Section):
+    """The project's own small causal LM (DESIGN §4), pretrained on writer profiles."""
+
+    prompt_template: str = Field(
+        "exploration_compact",
+        description="Template under assets/prompts/ the generator is trained and sampled with.",
+    )
+    vocab_size: int = Field(
+        4000, ge=300, le=65536, description="BPE vocabulary trained on the dataset's text."
+    )
+    hidden_size: int = Field(128, ge=16, le=4096, description="Model width.")
+    num_layers: int = Field(4, ge=1, le=64, description="Transformer blocks.")
+    num_heads: int = Field(4, ge=1, le=64, description="Attention heads (must divide hidden_size).")
+    intermediate_size: int = Field(384, ge=16, le=16384, description="MLP width.")
+    max_positions: int = Field(
+        1024, ge=64, le=32768, description="Longest prompt plus profile, in tokens."
+    )
+    epochs: float = Field(
+        4, gt=0, le=100, description="Pretraining epochs over the writer profiles."
+    )
+    learning_rate: float = Field(2e-3, gt=0, le=1, description="Peak AdamW learning rate.")
+    batch_size: int = Field(16, ge=1, le=1024, description="Examples per optimizer step.")
+    max_train_users: int | None = Field(
+        None, ge=1, description="Pretrain on at most this many training users (null: all)."
+    )
+    seed: int = Field(0, description="Seed of initialization and data order.")
+
+    @model_validator(mode="after")
+    def _heads_divide_width(self) -> BaseGeneratorSettings:
+        if self.hidden_size % self.num_heads:
+            raise ValueError("num_heads must divide hidden_size")
+        return self
+
+
+class ExplorerSettings(_Section):
+    """One explorer of stage 1: a model or the deterministic writers."""
+
+    name: str = Field(description="Name shown in tables and metadata (unique).")
+    kind: Literal["base_generator", "writers", "local", "openai"] = Field(
+        description="base_generator: the project's own model; writers: the rule-based styles; "
+        "local: a transformers model folder or id; openai: an OpenAI-compatible chat endpoint."
+    )
+    samples_per_user: int = Field(
+        1, ge=1, le=64, description="Candidates per user (writers: per style)."
+    )
+    styles: list[str] | None = Field(None, description="Writer styles (writers only; null: all).")
+    prompt_template: str | None = Field(
+        None,
+        description="Template under assets/prompts/ (default: the base generator's for "
+        "base_generator, 'exploration' otherwise).",
+    )
+    path: str | None = Field(None, description="Model folder or id (local).")
+    adapter: str | None = Field(None, description="LoRA adapter folder (local).")
+    base_url: str | None = Field(
+        None, description="Endpoint base URL, e.g. http://127.0.0.1:8000/v1 (openai)."
+    )
+    model: str | None = Field(None, description="Model name at the endpoint (openai).")
+    api_key_env: str | None = Field(
+        None, description="Name of the environment variable holding the API key (openai)."
+    )
+    max_concurrency: int = Field(4, ge=1, le=256, description="Parallel requests (openai).")
+    timeout_s: float = Field(60, gt=0, description="Per-request timeout in seconds (openai).")
+    batch_size: int = Field(
+        16, ge=1, le=1024, description="Prompts per generate call (local models)."
+    )
+    decoding: DecodingSettings = Field(default_factory=DecodingSettings, description="Sampling.")
+
+    @model_validator(mode="after")
+    def _required_per_kind(self) -> ExplorerSettings:
+        needs = {"local": ("path",), "openai": ("base_url", "model")}.get(self.kind, ())
+        missing = [key for key in needs if not getattr(self, key)]
+        if missing:
+            raise ValueError(
+                f"explorer {self.name!r} of kind {self.kind} needs {', '.join(missing)}"
+            )
+        unknown = [style for style in self.styles or () if style not in WRITER_STYLES]
+        if unknown:
+            raise ValueError(
+                f"unknown writer style(s) {unknown}; known: {', '.join(WRITER_STYLES)}"
+            )
+        return self
+
+
+class ExplorationSettings(_Section):
+    explorers: list[ExplorerSettings] = Field(
+        default_factory=lambda: [
+            ExplorerSettings(name="base-generator", kind="base_generator", samples_per_user=4),
+            ExplorerSettings(name="writers", kind="writers"),
+        ],
+        description="The explorers whose candidates make up sampled_profiles.",
+    )
+    splits: list[Literal["train", "calibration"]] = Field(
+        default_factory=lambda: ["train", "calibration"],
+        description="Users to sample profiles for (test users only ever get held-out profiles).",
+    )
+    chunk_size: int = Field(
+        64, ge=1, le=100000, description="Model calls per cache chunk (a crash loses one chunk)."
+    )
+    torch_threads: int = Field(
+        2,
+        ge=1,
+        le=256,
+        description="torch CPU threads (oversubscribing 2 cores slows generation 7x).",
+    )
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> ExplorationSettings:
+        names = [explorer.name for explorer in self.explorers]
+        if len(names) != len(set(names)):
+            raise ValueError(f"explorer names must be unique: {names}")
+        return self
+
+
 class Preset(_Section):
     name: str = Field(description="Preset name (the file's stem).")
     description: str = Field("", description="What this preset is for.")
     data: DataSettings = Field(default_factory=DataSettings, description="Which datasets to use.")
     task: TaskSettings = Field(default_factory=TaskSettings, description="Task construction.")
+    base_generator: BaseGeneratorSettings = Field(
+        default_factory=BaseGeneratorSettings, description="The project's own small generator."
+    )
+    exploration: ExplorationSettings = Field(
+        default_factory=ExplorationSettings, description="Stage 1: candidate profiles."
+    )
 
 
 def _format_validation_error(path: Path, error: ValidationError) -> str:
@@ -169,6 +301,8 @@ def describe_settings(
     model: type[BaseModel] = Preset, prefix: str = ""
 ) -> list[tuple[str, str, str]]:
     """(key, default, description) for every setting: the configuration reference."""
+    from typing import get_args, get_origin
+
     rows: list[tuple[str, str, str]] = []
     for key, field in model.model_fields.items():
         annotation = field.annotation
@@ -181,5 +315,16 @@ def describe_settings(
             if field.is_required()
             else repr(field.get_default(call_default_factory=True))
         )
+        (item,) = get_args(annotation) if get_origin(annotation) is list else (None,)
+        if isinstance(item, type) and issubclass(item, BaseModel):
+            rows.append(
+                (
+                    full_key,
+                    f"{len(field.get_default(call_default_factory=True))} entries",
+                    field.description or "",
+                )
+            )
+            rows.extend(describe_settings(item, prefix=f"{full_key}[]."))
+            continue
         rows.append((full_key, default, field.description or ""))
     return rows

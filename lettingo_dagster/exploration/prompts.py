@@ -1,0 +1,104 @@
+"""Prompt templates (assets/prompts/*.yaml) and their safe rendering.
+
+Titles and genres come from user data. Before they enter a prompt they are flattened to one line
+and any chat-template marker or special-token text in them is defused, so data can never open a
+new role, end a turn, or be tokenized as a special token.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import yaml
+
+from lettingo_dagster.exploration.history import UserHistory
+from lettingo_dagster.models.base import ChatPrompt
+from lettingo_dagster.paths import ASSETS_DIR
+
+PROMPTS_DIR = ASSETS_DIR / "prompts"
+
+# Markers of common chat templates (ChatML, Llama 2/3, Gemma, Mistral) and tokenizer specials.
+_MARKERS = re.compile(
+    r"<\|[^<>|\n]{0,40}\|>"
+    r"|\[/?INST\]|<</?SYS>>|</?s>|<(?:unk|pad|bos|eos|mask|cls|sep)>"
+    r"|<(?:start|end)_of_turn>",
+    re.IGNORECASE,
+)
+
+
+class PromptError(ValueError):
+    """A prompt template is missing a part or has an unknown placeholder."""
+
+
+_LOOKALIKES = str.maketrans({"<": "‹", ">": "›", "[": "⟦", "]": "⟧"})
+
+
+def _defuse(marker: str) -> str:
+    """Visually the same to a reader, but no longer the text a tokenizer matches."""
+    defused = marker.translate(_LOOKALIKES)
+    return defused if defused != marker else marker[0] + "\u2060" + marker[1:]
+
+
+def sanitize_field(text: str, special_tokens: Iterable[str] = ()) -> str:
+    """One line of plain text that cannot act as markup or a special token."""
+    flat = " ".join(str(text).split())
+    for token in sorted(set(special_tokens), key=len, reverse=True):
+        if token and token in flat:
+            flat = flat.replace(token, _defuse(token))
+    return _MARKERS.sub(lambda match: _defuse(match.group()), flat)
+
+
+@dataclass(frozen=True)
+class PromptTemplate:
+    name: str
+    system: str | None
+    user: str
+    item_line: str
+
+    def render(self, history: UserHistory, special_tokens: Iterable[str] = ()) -> ChatPrompt:
+        specials = tuple(special_tokens)
+        lines = [
+            self.item_line.format(
+                title=sanitize_field(item.title, specials),
+                year=item.year if item.year is not None else "year unknown",
+                genres=sanitize_field(", ".join(item.genres) or "no genre", specials),
+                sentiment=item.label,
+                rating=f"{item.rating:g}",
+            )
+            for item in history.items
+        ]
+        return ChatPrompt(
+            system=self.system,
+            user=self.user.format(count=len(lines), history="\n".join(lines)),
+        )
+
+
+def _check_placeholders(path: Path, part: str, text: str, allowed: set[str]) -> None:
+    used = set(re.findall(r"\{(\w+)[^}]*\}", text))
+    unknown = used - allowed
+    if unknown:
+        raise PromptError(
+            f"{path}: {part}: unknown placeholder(s) {sorted(unknown)}; allowed {sorted(allowed)}"
+        )
+
+
+@lru_cache(maxsize=8)
+def load_template(name: str = "exploration", prompts_dir: Path = PROMPTS_DIR) -> PromptTemplate:
+    path = prompts_dir / f"{name}.yaml"
+    if not path.is_file():
+        raise PromptError(f"{path}: prompt template not found")
+    raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    missing = [part for part in ("user", "item_line") if not raw.get(part)]
+    if missing:
+        raise PromptError(f"{path}: missing {', '.join(missing)}")
+    _check_placeholders(path, "user", raw["user"], {"count", "history"})
+    _check_placeholders(
+        path, "item_line", raw["item_line"], {"title", "year", "genres", "sentiment", "rating"}
+    )
+    return PromptTemplate(
+        name=name, system=raw.get("system"), user=raw["user"], item_line=raw["item_line"]
+    )

@@ -1,0 +1,115 @@
+"""The model-call cache: no call on rerun, resume after a crash reproduces the same results."""
+
+import hashlib
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lettingo_dagster.models.base import ChatPrompt, Decoding, Generation, TextModel
+from lettingo_dagster.models.cache import ModelCallCache, generate_cached, score_cached
+
+
+class SeededTextModel(TextModel):
+    """A deterministic model: each sample is a function of (prompt, seed, row in the call), like a
+    sampler drawing from one seeded stream per call. Counts calls and can fail on demand."""
+
+    name = "seeded"
+
+    def __init__(self, fail_on_call: int | None = None) -> None:
+        self.calls = 0
+        self.prompts_seen = 0
+        self.fail_on_call = fail_on_call
+
+    @property
+    def fingerprint(self) -> str:
+        return "seeded-v1"
+
+    def generate(
+        self, prompts: Sequence[ChatPrompt], decoding: Decoding, num_samples: int = 1
+    ) -> list[list[Generation]]:
+        self.calls += 1
+        if self.fail_on_call == self.calls:
+            raise KeyboardInterrupt("killed mid-run")
+        self.prompts_seen += len(prompts)
+        out = []
+        for row, prompt in enumerate(prompts):
+            samples = []
+            for j in range(num_samples):
+                digest = hashlib.sha256(
+                    f"{decoding.seed}:{row}:{j}:{prompt.user}".encode()
+                ).hexdigest()
+                samples.append(Generation(f"profile {digest[:12]}", 5, 3, 0.01, "stop"))
+            out.append(samples)
+        return out
+
+    def score_options(self, prompts: Sequence[ChatPrompt], options: Sequence[str]) -> np.ndarray:
+        self.calls += 1
+        self.prompts_seen += len(prompts)
+        logits = np.array(
+            [[len(p.user) % (k + 2) for k in range(len(options))] for p in prompts], float
+        )
+        return logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
+
+
+PROMPTS = [ChatPrompt(user=f"history of user {i}", system="sys") for i in range(23)]
+DECODING = Decoding(temperature=1.0, seed=3)
+
+
+def test_rerun_makes_no_model_call(tmp_path: Path) -> None:
+    cache = ModelCallCache(tmp_path / "cache.duckdb")
+    model = SeededTextModel()
+    first, stats = generate_cached(model, PROMPTS, DECODING, 3, cache, chunk_size=5)
+    assert stats.misses == 69 and stats.hits == 0 and model.calls == 5
+    assert [len(row) for row in first] == [3] * 23
+    again = SeededTextModel()
+    second, stats = generate_cached(again, PROMPTS, DECODING, 3, cache, chunk_size=5)
+    assert again.calls == 0 and stats.hit_rate == 1.0
+    assert second == first
+
+
+def test_changed_inputs_miss(tmp_path: Path) -> None:
+    cache = ModelCallCache(tmp_path / "cache.duckdb")
+    generate_cached(SeededTextModel(), PROMPTS, DECODING, 2, cache, chunk_size=8)
+    model = SeededTextModel()
+    _, stats = generate_cached(
+        model, PROMPTS, Decoding(temperature=0.7, seed=3), 2, cache, chunk_size=8
+    )
+    assert stats.hits == 0
+    _, stats = generate_cached(SeededTextModel(), PROMPTS, DECODING, 3, cache, chunk_size=8)
+    assert stats.hits == 46 and stats.misses == 23  # only the new third sample
+
+
+def test_crash_resumes_and_reproduces_an_uninterrupted_run(tmp_path: Path) -> None:
+    reference, _ = generate_cached(
+        SeededTextModel(), PROMPTS, DECODING, 2, ModelCallCache(tmp_path / "a.duckdb"), chunk_size=5
+    )
+    cache = ModelCallCache(tmp_path / "b.duckdb")
+    with pytest.raises(KeyboardInterrupt):
+        generate_cached(SeededTextModel(fail_on_call=3), PROMPTS, DECODING, 2, cache, chunk_size=5)
+    assert cache.count() == 2 * 5 * 2  # two whole chunks survived, nothing of the third
+    resumed_model = SeededTextModel()
+    resumed, stats = generate_cached(resumed_model, PROMPTS, DECODING, 2, cache, chunk_size=5)
+    assert resumed_model.prompts_seen == 13 and stats.hits == 20
+    assert resumed == reference
+
+
+def test_scores_are_cached_with_infinities(tmp_path: Path) -> None:
+    class WithUnmatched(SeededTextModel):
+        def score_options(self, prompts, options):
+            scores = super().score_options(prompts, options)
+            scores[:, -1] = -np.inf
+            return scores
+
+    cache = ModelCallCache(tmp_path / "cache.duckdb")
+    first, stats = score_cached(
+        WithUnmatched(), PROMPTS, ["like", "neutral", "dislike"], cache, chunk_size=10
+    )
+    assert stats.misses == 23 and np.isneginf(first[:, -1]).all()
+    model = WithUnmatched()
+    second, stats = score_cached(
+        model, PROMPTS, ["like", "neutral", "dislike"], cache, chunk_size=10
+    )
+    assert model.calls == 0 and stats.hits == 23
+    np.testing.assert_array_equal(first, second)
