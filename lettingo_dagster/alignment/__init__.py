@@ -1,0 +1,1 @@
+"""Stage 3, preference alignment: preference pairs and the DPO-trained generator."""

@@ -1,0 +1,108 @@
+"""Pair construction holds its invariants (property-based)."""
+
+import pandas as pd
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from lettingo_dagster.alignment.pairs import PairOptions, build_pairs, profile_source
+
+SOURCES = [("base", None), ("writers", "genre_affinity"), ("writers", "eras"), ("remote", None)]
+
+
+@st.composite
+def reward_tables(draw: st.DrawFn) -> pd.DataFrame:
+    rows = []
+    for user in range(draw(st.integers(1, 6))):
+        for k in range(draw(st.integers(1, 7))):
+            explorer, style = draw(st.sampled_from(SOURCES))
+            binary = draw(st.sampled_from([0.0, 0.2, 0.4, 0.6, 0.8, 1.0]))
+            rows.append(
+                {
+                    "dataset": "d",
+                    "user_id": f"u{user}",
+                    "split": draw(st.sampled_from(["train", "calibration"])),
+                    "explorer": explorer,
+                    "style": style,
+                    "profile_id": f"u{user}-{k}",
+                    "profile": draw(st.sampled_from([f"text {k}", "same text", f"other {k}"])),
+                    "binary_reward": binary,
+                    "graded_reward": draw(st.floats(0, 1)),
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def _prompts(rewards: pd.DataFrame) -> dict[str, tuple[str, str]]:
+    return {u: ("system", f"history of {u}") for u in rewards.user_id.unique()}
+
+
+OPTIONS = st.builds(
+    PairOptions,
+    graded_margin=st.sampled_from([0.0, 0.1, 0.3]),
+    max_pairs_per_user=st.sampled_from([None, 1, 3]),
+    scope=st.sampled_from(["all", "within_explorer"]),
+    balance_sources=st.booleans(),
+    seed=st.integers(0, 3),
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(rewards=reward_tables(), options=OPTIONS)
+def test_pair_invariants(rewards: pd.DataFrame, options: PairOptions) -> None:
+    pairs = build_pairs(rewards, _prompts(rewards), options)
+    by_id = rewards.set_index("profile_id")
+    for pair in pairs.itertuples():
+        chosen, rejected = by_id.loc[pair.chosen_profile_id], by_id.loc[pair.rejected_profile_id]
+        assert chosen.user_id == rejected.user_id == pair.user_id  # pairs never cross users
+        assert chosen.binary_reward > rejected.binary_reward  # better over worse
+        assert pair.chosen != pair.rejected  # identical texts teach nothing
+        assert pair.chosen == chosen.profile and pair.rejected == rejected.profile
+        assert pair.prompt_user == f"history of {pair.user_id}"
+        if options.graded_margin:
+            assert chosen.graded_reward - rejected.graded_reward >= options.graded_margin
+        if options.scope == "within_explorer":
+            assert chosen.explorer == rejected.explorer
+    assert not pairs.duplicated(["chosen_profile_id", "rejected_profile_id"]).any()
+    if options.max_pairs_per_user is not None and len(pairs):
+        assert pairs.groupby("user_id").size().max() <= options.max_pairs_per_user
+    if options.balance_sources:
+        different = pairs[pairs.chosen_source != pairs.rejected_source]
+        wins = different.groupby(["chosen_source", "rejected_source"]).size()
+        for (a, b), count in wins.items():
+            assert wins.get((b, a), 0) == count  # no source beats another by format alone
+    assert build_pairs(rewards, _prompts(rewards), options).equals(pairs)  # deterministic
+
+
+@settings(max_examples=100, deadline=None)
+@given(rewards=reward_tables())
+def test_default_rule_is_every_right_wrong_combination(rewards: pd.DataFrame) -> None:
+    pairs = build_pairs(rewards, _prompts(rewards), PairOptions())
+    expected = 0
+    for _user, group in rewards.groupby("user_id"):
+        rows = list(group.itertuples())
+        for i, a in enumerate(rows):
+            for b in rows[i + 1 :]:
+                expected += a.binary_reward != b.binary_reward and a.profile != b.profile
+    assert len(pairs) == expected
+
+
+def test_paper_rule_with_one_target() -> None:
+    rewards = pd.DataFrame(
+        {
+            "dataset": "d", "user_id": ["u"] * 4, "split": "train",
+            "explorer": ["base", "base", "writers", "writers"], "style": [None, None, "eras", "favourites"],
+            "profile_id": ["a", "b", "c", "d"], "profile": ["p1", "p2", "p3", "p4"],
+            "binary_reward": [1.0, 0.0, 1.0, 0.0], "graded_reward": [0.9, 0.2, 0.6, 0.5],
+        }
+    )  # fmt: skip
+    pairs = build_pairs(rewards, {"u": (None, "prompt")}, PairOptions())
+    assert sorted(zip(pairs.chosen_profile_id, pairs.rejected_profile_id, strict=True)) == [
+        ("a", "b"), ("a", "d"), ("c", "b"), ("c", "d"),
+    ]  # fmt: skip
+    margin = build_pairs(rewards, {"u": (None, "prompt")}, PairOptions(graded_margin=0.3))
+    assert sorted(zip(margin.chosen_profile_id, margin.rejected_profile_id, strict=True)) == [
+        ("a", "b"),
+        ("a", "d"),
+        ("c", "b"),
+    ]
+    assert profile_source("writers", "eras") == "writers/eras"
