@@ -40,6 +40,10 @@ def check_results(outcomes: Sequence[RuleOutcome]) -> Iterator[dg.AssetCheckResu
                 ]
             )
         }
+        # A number, so the UI plots each check's failures over time.
+        metadata["unexpected_rows"] = dg.MetadataValue.int(
+            sum(item.unexpected_count or 0 for item in outcome.expectations)
+        )
         examples = [example for item in outcome.failures for example in item.examples]
         if examples:
             metadata["failing_examples"] = dg.MetadataValue.json(examples[:10])

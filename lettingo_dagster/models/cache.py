@@ -222,3 +222,39 @@ def score_cached(
         if on_chunk is not None:
             on_chunk(ChunkProgress(done=indexes[-1] + 1, total=len(prompts), stats=stats))
     return scores, stats
+
+
+def cached_map(
+    cache: ModelCallCache,
+    kind: str,
+    fingerprint: str,
+    keys: Sequence[str],
+    compute: Callable[[list[int]], list[Any]],
+    *,
+    chunk_size: int = 256,
+    on_chunk: Callable[[ChunkProgress], None] | None = None,
+) -> tuple[list[Any], CacheStats]:
+    """Values for `keys` (JSON-serializable), computing only the missing ones, a chunk at a time:
+    `compute(indexes)` returns the values of those positions."""
+    values: list[Any] = [None] * len(keys)
+    stats = CacheStats()
+    for start in range(0, len(keys), chunk_size):
+        indexes = list(range(start, min(start + chunk_size, len(keys))))
+        cached = cache.get_many([keys[i] for i in indexes])
+        stats.hits += len(cached)
+        missing = [i for i in indexes if keys[i] not in cached]
+        for i in indexes:
+            if keys[i] in cached:
+                values[i] = cached[keys[i]]
+        if missing:
+            started = time.perf_counter()
+            fresh = compute(missing)
+            stats.model_seconds += time.perf_counter() - started
+            stats.misses += len(missing)
+            for i, value in zip(missing, fresh, strict=True):
+                values[i] = value
+            cache.put_many(kind, fingerprint, {keys[i]: value for i, value in zip(missing, fresh, strict=True)})
+            stats.chunks_run += 1
+        if on_chunk is not None:
+            on_chunk(ChunkProgress(done=indexes[-1] + 1, total=len(keys), stats=stats))
+    return values, stats

@@ -1,0 +1,421 @@
+"""A local transformers causal LM (a folder or a cached hub id, optionally with a LoRA adapter)
+as a TextModel.
+
+Generation is batched: prompts x samples rows, left padded, in batches of `batch_size` rows,
+which is what makes a small model fast on CPU (one row at a time is dominated by per-step
+overhead). Randomness is per row: each row samples with its own generator seeded from
+(decoding seed, sample index, prompt), so sample j of a prompt does not depend on the batch it
+ran in (the TextModel contract) and cached and fresh samples mix freely.
+
+torch, transformers and peft are imported when a model is built, not when this module is.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from lettingo_dagster.models.base import ChatPrompt, Decoding, Generation, ModelError, TextModel
+
+if TYPE_CHECKING:
+    import torch
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
+MODEL_FILES = frozenset(
+    {
+        "config.json",
+        "generation_config.json",
+        "special_tokens_map.json",
+        "added_tokens.json",
+        "vocab.json",
+        "vocab.txt",
+        "merges.txt",
+        "spiece.model",
+        "chat_template.jinja",
+        "chat_template.json",
+        "adapter_config.json",
+    }
+)
+# Written next to weights by trainers but never read when loading.
+IGNORED_FILES = frozenset({"training_args.bin", "optimizer.pt", "scheduler.pt", "rng_state.pth"})
+_TRUE = {"1", "true", "yes", "on"}
+
+# (resolved path, size, mtime_ns) -> sha256 of the content: weights are hashed once per process.
+_FILE_HASHES: dict[tuple[str, int, int], str] = {}
+
+
+def _is_model_file(path: Path) -> bool:
+    name = path.name
+    if name in IGNORED_FILES or not path.is_file():
+        return False
+    return (
+        name.endswith(WEIGHT_SUFFIXES)
+        or name in MODEL_FILES
+        or name.startswith("tokenizer")
+        or name.endswith(".index.json")
+    )
+
+
+def file_digest(path: Path) -> str:
+    """sha256 of a file's content, cached by (path, size, mtime)."""
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    if key not in _FILE_HASHES:
+        digest = hashlib.sha256()
+        with path.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+        _FILE_HASHES[key] = digest.hexdigest()
+    return _FILE_HASHES[key]
+
+
+def folder_digest(folder: Path) -> str:
+    """sha256 over the names and content hashes of a folder's weight, config and tokenizer
+    files (not READMEs, logs or trainer state, which do not change outputs)."""
+    digest = hashlib.sha256()
+    files = sorted(p for p in folder.iterdir() if _is_model_file(p))
+    if not files:
+        raise ModelError(f"{folder}: no model files to fingerprint")
+    for path in files:
+        digest.update(f"{path.name}\0{file_digest(path)}\n".encode())
+    return digest.hexdigest()
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in _TRUE
+
+
+def _row_seed(seed: int, sample_index: int, prompt: ChatPrompt) -> int:
+    digest = hashlib.sha256(f"{seed}:{sample_index}:{prompt.digest()}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") >> 1
+
+
+def _left_pad(
+    rows: Sequence[Sequence[int]], pad_id: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """input ids, attention mask and position ids (0 at each row's first real token)."""
+    import torch
+
+    width = max(len(row) for row in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for r, row in enumerate(rows):
+        if row:
+            ids[r, width - len(row) :] = torch.tensor(list(row), dtype=torch.long)
+            mask[r, width - len(row) :] = 1
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    return ids, mask, positions
+
+
+class _SeededSampler:
+    """A logits processor that samples each row with the row's own generator (temperature,
+    then nucleus) and leaves only the drawn token, so greedy decoding takes it. Generators live
+    on the CPU, so a row draws the same numbers on every device."""
+
+    def __init__(self, seeds: Sequence[int], temperature: float, top_p: float) -> None:
+        import torch
+
+        self.generators = [torch.Generator().manual_seed(seed) for seed in seeds]
+        self.temperature = temperature
+        self.top_p = top_p
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        import torch
+
+        logits = scores.float() / self.temperature
+        if self.top_p < 1.0:
+            sorted_logits, order = logits.sort(dim=-1, descending=True)
+            sorted_probs = sorted_logits.softmax(-1)
+            # Drop a token when the mass before it already reaches top_p (the best always stays).
+            drop = (sorted_probs.cumsum(-1) - sorted_probs) >= self.top_p
+            sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
+            logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
+        cdf = logits.softmax(-1).cumsum(-1)
+        draws = torch.stack([torch.rand((), generator=g) for g in self.generators]).to(cdf.device)
+        # Inverse CDF: the first token whose cumulative mass exceeds the draw (never a 0-mass one).
+        chosen = torch.searchsorted(cdf, (draws * cdf[:, -1]).unsqueeze(-1), right=True)
+        chosen = chosen.clamp(max=cdf.shape[-1] - 1)
+        out = torch.full_like(scores, float("-inf"))
+        return out.scatter(-1, chosen, 0.0)
+
+
+class LocalCausalLM(TextModel):
+    """Any causal LM transformers can load, from a local folder or a cached hub id."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        adapter: str | Path | None = None,
+        device: str = "auto",
+        torch_threads: int | None = None,
+        batch_size: int = 16,
+        name: str | None = None,
+    ) -> None:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        if batch_size < 1:
+            raise ValueError("batch_size must be at least 1")
+        if torch_threads:
+            # Oversubscribing shared cores made generation 7x slower (DESIGN §4).
+            torch.set_num_threads(torch_threads)
+        self.path = str(path)
+        self.adapter = str(adapter) if adapter is not None else None
+        self.batch_size = batch_size
+        self.device = torch.device(
+            ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+        )
+        self.name = name or Path(self.path).name + (
+            f"+{Path(self.adapter).name}" if self.adapter else ""
+        )
+        self._is_folder = Path(self.path).is_dir()
+        local_only = self._is_folder or _offline()
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(
+                self.path, trust_remote_code=False, local_files_only=local_only
+            )
+            model = AutoModelForCausalLM.from_pretrained(
+                self.path,
+                trust_remote_code=False,
+                local_files_only=local_only,
+                # float32 on CPU: half precision there is slow or unsupported for many kernels.
+                dtype=torch.float32 if self.device.type == "cpu" else "auto",
+            )
+            if self.adapter is not None:
+                from peft import PeftModel
+
+                with warnings.catch_warnings():  # peft 0.21 calls an API transformers 5 deprecated
+                    warnings.filterwarnings("ignore", "`is_gradient_checkpointing`", FutureWarning)
+                    model = PeftModel.from_pretrained(model, self.adapter, is_trainable=False)
+                # Merged LoRA weights give the same outputs without the adapter's extra matmuls.
+                model = model.merge_and_unload()
+        except (OSError, ValueError) as exc:
+            raise ModelError(f"cannot load model {self.path!r}: {exc}") from exc
+        self.model = model.to(self.device).eval()
+        self.model.requires_grad_(False)
+        # Left padding keeps every row's last prompt token at the same position for generation.
+        self.tokenizer.padding_side = "left"
+        if self.tokenizer.pad_token_id is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.eos_ids = self._eos_ids()
+        self._fingerprint: str | None = None
+
+    # ------------------------------------------------------------------ identity
+
+    def _eos_ids(self) -> frozenset[int]:
+        ids = {self.tokenizer.eos_token_id}
+        configured = getattr(self.model.generation_config, "eos_token_id", None)
+        ids.update(configured if isinstance(configured, list) else [configured])
+        return frozenset(i for i in ids if i is not None)
+
+    def _model_folder(self) -> Path | None:
+        if self._is_folder:
+            return Path(self.path)
+        try:
+            from huggingface_hub import snapshot_download
+
+            return Path(snapshot_download(self.path, local_files_only=True))
+        except Exception:  # not in the hub cache layout: fall back to hashing the weights
+            return None
+
+    def _weights_digest(self) -> str:
+        import torch
+
+        digest = hashlib.sha256()
+        for key, tensor in sorted(self.model.state_dict().items()):
+            digest.update(key.encode())
+            digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy())
+        return digest.hexdigest()
+
+    @property
+    def fingerprint(self) -> str:
+        if self._fingerprint is None:
+            folder = self._model_folder()
+            parts = [
+                type(self).__name__,
+                folder_digest(folder) if folder else self._weights_digest(),
+            ]
+            if self.adapter is not None:
+                parts.append(folder_digest(Path(self.adapter)))
+            self._fingerprint = hashlib.sha256("\n".join(parts).encode()).hexdigest()
+        return self._fingerprint
+
+    # ------------------------------------------------------------------ prompts
+
+    @property
+    def uses_chat_template(self) -> bool:
+        return bool(getattr(self.tokenizer, "chat_template", None))
+
+    def render(self, prompt: ChatPrompt) -> str:
+        """The prompt as text: the chat template with the assistant turn opened, or for plain
+        completion models the system and user text joined."""
+        if self.uses_chat_template:
+            return self.tokenizer.apply_chat_template(
+                prompt.as_messages(), add_generation_prompt=True, tokenize=False
+            )
+        return f"{prompt.system}\n\n{prompt.user}\n" if prompt.system else f"{prompt.user}\n"
+
+    def _encode_text(self, text: str) -> list[int]:
+        # A chat template writes BOS itself; a plain text gets the tokenizer's usual specials.
+        return list(
+            self.tokenizer(text, add_special_tokens=not self.uses_chat_template)["input_ids"]
+        )
+
+    def prompt_ids(self, prompt: ChatPrompt) -> list[int]:
+        return self._encode_text(self.render(prompt))
+
+    def option_ids(self, prompt: ChatPrompt, option: str) -> list[int]:
+        """The option's tokens as the tokenizer splits them right after the rendered prompt:
+        this picks between the option's leading-space and bare forms the way the model sees
+        an answer start. Tokenized alone when the prompt's ids are not a prefix of the joint."""
+        text = self.render(prompt)
+        base = self._encode_text(text)
+        joint = self._encode_text(text + option)
+        if joint[: len(base)] == base and len(joint) > len(base):
+            return joint[len(base) :]
+        return list(self.tokenizer(option, add_special_tokens=False)["input_ids"])
+
+    # ------------------------------------------------------------------ generation
+
+    def generate(
+        self, prompts: Sequence[ChatPrompt], decoding: Decoding, num_samples: int = 1
+    ) -> list[list[Generation]]:
+        import torch
+        from transformers import GenerationConfig, LogitsProcessorList
+
+        if num_samples < 1:
+            raise ValueError("num_samples must be at least 1")
+        torch.manual_seed(decoding.seed)
+        if torch.cuda.is_available():
+            torch.cuda.manual_seed_all(decoding.seed)
+        encoded = [self.prompt_ids(prompt) for prompt in prompts]
+        # Rows of similar length share a batch: less padding to attend over.
+        order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))
+        rows = [(i, j) for i in order for j in range(num_samples)]
+        results: list[list[Generation | None]] = [[None] * num_samples for _ in prompts]
+        eos = sorted(self.eos_ids)
+        config = GenerationConfig(
+            max_new_tokens=decoding.max_new_tokens,
+            do_sample=False,  # sampling happens in _SeededSampler, row by row
+            num_beams=1,
+            pad_token_id=self.tokenizer.pad_token_id,
+            eos_token_id=eos,
+            bos_token_id=self.tokenizer.bos_token_id,
+        )
+        for start in range(0, len(rows), self.batch_size):
+            batch = rows[start : start + self.batch_size]
+            ids, mask, _ = _left_pad([encoded[i] for i, _ in batch], self.tokenizer.pad_token_id)
+            processors = LogitsProcessorList()
+            if decoding.temperature > 0:
+                seeds = [_row_seed(decoding.seed, j, prompts[i]) for i, j in batch]
+                processors.append(_SeededSampler(seeds, decoding.temperature, decoding.top_p))
+            began = time.perf_counter()
+            try:
+                with torch.inference_mode():
+                    output = self.model.generate(
+                        input_ids=ids.to(self.device),
+                        attention_mask=mask.to(self.device),
+                        generation_config=config,
+                        logits_processor=processors,
+                    )
+            except RuntimeError as exc:
+                raise ModelError(f"{self.name}: generation failed: {exc}") from exc
+            seconds = (time.perf_counter() - began) / len(batch)
+            new_tokens = output[:, ids.shape[1] :].tolist()
+            for (i, j), tokens in zip(batch, new_tokens, strict=True):
+                results[i][j] = self._generation(tokens, len(encoded[i]), seconds)
+        return [[g for g in row if g is not None] for row in results]
+
+    def _generation(self, tokens: list[int], prompt_tokens: int, seconds: float) -> Generation:
+        stop = next((k for k, token in enumerate(tokens) if token in self.eos_ids), None)
+        kept = tokens if stop is None else tokens[:stop]
+        return Generation(
+            text=self.tokenizer.decode(kept, skip_special_tokens=True).strip(),
+            prompt_tokens=prompt_tokens,
+            completion_tokens=len(tokens) if stop is None else stop + 1,  # EOS counts
+            seconds=seconds,
+            finish_reason="length" if stop is None else "stop",
+        )
+
+    # ------------------------------------------------------------------ scoring
+
+    def _forward(self, rows: Sequence[Sequence[int]], keep: int) -> torch.Tensor:
+        """Log-softmax over the vocabulary at the last `keep` positions of each left-padded row.
+        Attention mask and position ids make a padded row score as it would alone."""
+        import torch
+
+        ids, mask, positions = _left_pad(rows, self.tokenizer.pad_token_id)
+        with torch.inference_mode():
+            logits = self.model(
+                input_ids=ids.to(self.device),
+                attention_mask=mask.to(self.device),
+                position_ids=positions.to(self.device),
+                logits_to_keep=keep,
+                use_cache=False,
+            ).logits
+        return logits.float().log_softmax(-1)
+
+    def score_options(self, prompts: Sequence[ChatPrompt], options: Sequence[str]) -> np.ndarray:
+        """One forward pass per batch of prompts, reading each option's first token at the
+        answer position. When two options share their first token (or one is empty) that cannot
+        tell them apart, so the call scores every option's full token sequence instead."""
+        if not options:
+            raise ValueError("score_options needs at least one option")
+        if not prompts:
+            return np.zeros((0, len(options)))
+        encoded = [self.prompt_ids(prompt) for prompt in prompts]
+        # Every prompt ends with the same rendered answer opening, so the first one decides.
+        option_tokens = [self.option_ids(prompts[0], option) for option in options]
+        firsts = [tokens[0] if tokens else None for tokens in option_tokens]
+        if None not in firsts and len(set(firsts)) == len(firsts):
+            scores = self._first_token_scores(encoded, firsts)  # type: ignore[arg-type]
+        else:
+            scores = self._sequence_scores(encoded, option_tokens)
+        return scores - np.logaddexp.reduce(scores, axis=1, keepdims=True)
+
+    def _first_token_scores(
+        self, encoded: Sequence[list[int]], firsts: Sequence[int]
+    ) -> np.ndarray:
+        out = np.empty((len(encoded), len(firsts)))
+        for start in range(0, len(encoded), self.batch_size):
+            chunk = encoded[start : start + self.batch_size]
+            log_probs = self._forward(chunk, keep=1)[:, -1, :]
+            out[start : start + len(chunk)] = log_probs[:, list(firsts)].cpu().double().numpy()
+        return out
+
+    def _sequence_scores(
+        self, encoded: Sequence[list[int]], option_tokens: Sequence[list[int]]
+    ) -> np.ndarray:
+        """Sum of the log-probabilities of each option's tokens after each prompt."""
+        if any(not tokens for tokens in option_tokens):
+            raise ModelError(f"{self.name}: an option tokenizes to nothing; cannot score it")
+        pairs = [(i, k) for i in range(len(encoded)) for k in range(len(option_tokens))]
+        out = np.empty((len(encoded), len(option_tokens)))
+        longest = max(len(tokens) for tokens in option_tokens)
+        for start in range(0, len(pairs), self.batch_size):
+            chunk = pairs[start : start + self.batch_size]
+            # Right-align each prompt+option; pad the option's tail so all rows end together.
+            rows = [encoded[i] + option_tokens[k] for i, k in chunk]
+            log_probs = self._forward(rows, keep=longest + 1)
+            for r, (i, k) in enumerate(chunk):
+                tokens = option_tokens[k]
+                n = len(tokens)
+                # Row r ends with the option; the logits predicting it sit one position earlier.
+                predicting = log_probs[r, -n - 1 : -1, :]
+                picked = predicting.gather(-1, _as_index(tokens, predicting.device)).sum()
+                out[i, k] = float(picked)
+        return out
+
+
+def _as_index(tokens: Sequence[int], device: Any) -> torch.Tensor:
+    import torch
+
+    return torch.tensor(list(tokens), dtype=torch.long, device=device).unsqueeze(-1)

@@ -1,0 +1,206 @@
+"""The project's own small generator: tokenizer, packing, labels and a short pretraining."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+
+from lettingo_dagster.exploration import base_generator as bg
+from lettingo_dagster.exploration.history import RatedItem, UserHistory
+from lettingo_dagster.exploration.prompts import load_template
+from lettingo_dagster.exploration.writers import WRITERS
+from lettingo_dagster.models.base import ChatPrompt, Decoding
+from lettingo_dagster.settings import BaseGeneratorSettings
+
+GENRES = ("Action", "Comedy", "Drama", "Horror", "Romance", "Sci-Fi", "Thriller")
+TINY = {
+    "vocab_size": 400,
+    "hidden_size": 32,
+    "num_layers": 2,
+    "num_heads": 2,
+    "intermediate_size": 64,
+    "max_positions": 2048,
+    "epochs": 3,
+    "learning_rate": 5e-3,
+    "batch_size": 12,
+}
+
+
+def make_histories(
+    users: int, items: int, seed: int = 0, split: str = "train"
+) -> list[UserHistory]:
+    """Users who like two genres each, rated the way tests/synthetic.py rates them."""
+    rng = random.Random(seed)
+    histories = []
+    for user in range(users):
+        liked = set(rng.sample(GENRES, 2))
+        rated = []
+        for k in range(items):
+            genres = tuple(rng.sample(GENRES, rng.randint(1, 2)))
+            rating = float(rng.choice((4, 5)) if liked & set(genres) else rng.choice((1, 2, 3)))
+            label = "like" if rating >= 4 else "dislike" if rating <= 2 else "neutral"
+            rated.append(
+                RatedItem(
+                    item_id=str(k),
+                    title=f"Movie {rng.randint(1, 60)}",
+                    year=1950 + rng.randint(0, 49),
+                    genres=genres,
+                    rating=rating,
+                    label=label,
+                )
+            )
+        histories.append(UserHistory(user_id=f"u{user}", split=split, items=tuple(rated)))
+    return histories
+
+
+@pytest.fixture(scope="module")
+def template():
+    return load_template("exploration_compact")
+
+
+@pytest.fixture(scope="module")
+def examples(template):
+    return bg.training_examples(make_histories(10, 12), template)
+
+
+@pytest.fixture(scope="module")
+def tokenizer(examples):
+    return bg.train_tokenizer(bg._tokenizer_texts(examples), 400)
+
+
+def test_training_examples_cover_every_style_with_one_prompt_per_user(template):
+    histories = make_histories(3, 8)
+    examples = bg.training_examples(histories, template)
+    assert len(examples) == 3 * len(WRITERS)
+    assert [style for _, _, style in examples[: len(WRITERS)]] == list(WRITERS)
+    for user in range(3):
+        prompts = {
+            prompt for prompt, _, _ in examples[user * len(WRITERS) : (user + 1) * len(WRITERS)]
+        }
+        assert len(prompts) == 1
+    assert all(profile.strip() for _, profile, _ in examples)
+
+
+def test_tokenizer_round_trip_keeps_ids(tmp_path: Path, tokenizer, examples):
+    from transformers import AutoTokenizer
+
+    settings = BaseGeneratorSettings(**TINY)
+    bg.build_model(tokenizer, settings).save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    reloaded = AutoTokenizer.from_pretrained(tmp_path, local_files_only=True)
+    assert json.loads((tmp_path / "config.json").read_text())["model_type"] == "llama"
+
+    texts = [prompt.user for prompt, _, _ in examples[::6]] + [p for _, p, _ in examples[:6]]
+    texts += ["<s><|user|>\nhello</s>", "Ünïcödé 🎬 titles, (1999) & co.", "  spaces\n\nand lines "]
+    for text in texts:
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        assert reloaded(text, add_special_tokens=False)["input_ids"] == ids
+        assert reloaded.decode(ids) == tokenizer.decode(ids)
+        if "\n" not in text:  # only line starts gain a space when decoded
+            assert tokenizer.decode(ids).strip() == text.strip()
+    prompt = examples[0][0]
+    assert reloaded.apply_chat_template(
+        prompt.as_messages(), add_generation_prompt=True, tokenize=False
+    ) == tokenizer.apply_chat_template(
+        prompt.as_messages(), add_generation_prompt=True, tokenize=False
+    )
+    for name in ("bos_token_id", "eos_token_id", "pad_token_id", "unk_token_id"):
+        assert getattr(reloaded, name) == getattr(tokenizer, name) is not None
+    assert set(bg.SPECIAL_TOKENS) <= set(reloaded.all_special_tokens)
+
+
+def test_chat_template_layout(tokenizer):
+    text = tokenizer.apply_chat_template(
+        ChatPrompt(user="U", system="S").as_messages(), add_generation_prompt=True, tokenize=False
+    )
+    assert text == "<s><|system|>\nS\n<|user|>\nU\n<|assistant|>\n"
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    assert ids[0] == tokenizer.bos_token_id and ids.count(tokenizer.bos_token_id) == 1
+
+
+def test_packed_labels_mask_the_prompt_and_match_unpacked_loss(tokenizer, examples):
+    import torch
+
+    settings = BaseGeneratorSettings(**TINY)
+    model = bg.build_model(tokenizer, settings).eval()
+    encoded = [
+        bg.encode_example(tokenizer, prompt, profile) for prompt, profile, _ in examples[:12]
+    ]
+    groups, dropped = bg._group_examples(encoded, settings.max_positions)
+    assert dropped == 0 and len(groups) == 2 and all(len(g.completions) == 6 for g in groups)
+
+    batch = bg._collate(groups, tokenizer.pad_token_id)
+    # Labels are exactly the completions (profile + EOS), never a prompt token.
+    expected = [token for _, completion in encoded for token in completion]
+    assert batch.labels.tolist() == expected
+    assert batch.labels.tolist().count(tokenizer.eos_token_id) == 12
+    prompt_len = len(groups[0].prompt)
+    assert batch.sources[0].tolist() == [0, prompt_len - 1]  # first profile token: after the prompt
+    assert batch.position_ids[0, prompt_len].item() == prompt_len
+
+    with torch.no_grad():
+        packed = bg.packed_loss(model, batch).item()
+        total, count = 0.0, 0
+        for prompt_ids, completion in encoded:
+            ids = torch.tensor([prompt_ids + completion])
+            labels = torch.tensor([[-100] * len(prompt_ids) + completion])
+            n = len(completion)
+            total += model(input_ids=ids, labels=labels).loss.item() * n
+            count += n
+    assert packed == pytest.approx(total / count, abs=1e-4)
+
+
+def test_too_long_examples_are_dropped_and_counted():
+    encoded = [([1] * 50, [5, 6, 2]), ([1] * 50, [7, 2]), ([3] * 90, [5, 2]), ([4] * 10, [5] * 100)]
+    groups, dropped = bg._group_examples(encoded, max_positions=64)
+    assert dropped == 2
+    assert [len(g.completions) for g in groups] == [2]
+    assert groups[0].length == 50 + 2 + 1  # EOS is only ever a label
+
+
+def test_batches_cover_each_group_once_sorted_by_length():
+    groups = [bg._Group(prompt=(1,) * (10 + k), completions=((5, 2),) * 3) for k in range(40)]
+    batches = bg._make_batches(groups, batch_size=6, rng=random.Random(0))
+    flat = [g for batch in batches for g in batch]
+    assert sorted(g.length for g in flat) == sorted(g.length for g in groups)
+    assert all(len(batch) == 2 for batch in batches)
+
+
+def test_pretrain_reduces_loss_saves_and_samples(tmp_path: Path, template):
+    histories = make_histories(12, 10, seed=1)
+    long_users = make_histories(2, 120, seed=2)  # far beyond max_positions
+    examples = bg.training_examples(histories + long_users, template)
+    settings = BaseGeneratorSettings(**{**TINY, "max_positions": 1024, "epochs": 4})
+    lines: list[str] = []
+    report = bg.pretrain(
+        examples, settings, tmp_path / "model", torch_threads=1, log=lines.append, progress_every=5
+    )
+
+    assert report.dropped_examples == 2 * len(WRITERS)
+    assert report.examples == 12 * len(WRITERS)
+    assert report.parameters > 10_000 and report.train_tokens > report.target_tokens > 0
+    assert report.steps >= 20 and report.epochs == pytest.approx(4, rel=0.1)
+    assert report.seconds > 0 and report.tokens_per_second > 0
+    assert report.loss_curve[0][0] == 1 and report.loss_curve[-1][0] == report.steps
+    assert report.final_loss == report.loss_curve[-1][1] < report.loss_curve[0][1] - 1.0
+    assert any("step" in line and "tokens/s" in line for line in lines)
+    assert any("dropped 12" in line for line in lines)
+    saved = tmp_path / "model"
+    for name in ("config.json", "model.safetensors", "tokenizer.json", bg.REPORT_FILE):
+        assert (saved / name).is_file()
+    assert json.loads((saved / bg.REPORT_FILE).read_text())["examples"] == report.examples
+
+    samples = bg.sample_examples(saved, histories, template, 2, Decoding(max_new_tokens=16, seed=3))
+    assert len(samples) == 2
+    assert samples[0][0].startswith("Rated items") and "Movie" in samples[0][0]
+    assert all(isinstance(text, str) for _, text in samples)
+
+
+def test_pretrain_with_nothing_that_fits_fails_clearly(tmp_path: Path, template):
+    examples = bg.training_examples(make_histories(1, 120), template)
+    settings = BaseGeneratorSettings(**{**TINY, "max_positions": 64})
+    with pytest.raises(ValueError, match="max_positions=64"):
+        bg.pretrain(examples, settings, tmp_path, log=lambda _: None)
