@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import dagster as dg
 
+from lettingo_dagster.alignment.assets import alignment_assets
 from lettingo_dagster.data.assets import data_assets, dataset_partitions
+from lettingo_dagster.evaluation.assets import evaluation_assets
 from lettingo_dagster.exploration.assets import exploration_assets
 from lettingo_dagster.resources import SettingsResource, Warehouse
 
-all_assets = [*data_assets, *exploration_assets]
+all_assets = [*data_assets, *exploration_assets, *evaluation_assets, *alignment_assets]
 
 pipeline_job = dg.define_asset_job(
     name="lettingo_pipeline",

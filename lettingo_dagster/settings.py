@@ -129,16 +129,16 @@ class BaseGeneratorSettings(_Section):
     )
     hidden_size: int = Field(128, ge=16, le=4096, description="Model width.")
     num_layers: int = Field(4, ge=1, le=64, description="Transformer blocks.")
-    num_heads: int = Field(4, ge=1, le=64, description="Attention heads (must divide hidden_size).")
+    num_heads: int = Field(8, ge=1, le=64, description="Attention heads (must divide hidden_size).")
     intermediate_size: int = Field(384, ge=16, le=16384, description="MLP width.")
     max_positions: int = Field(
         1024, ge=64, le=32768, description="Longest prompt plus profile, in tokens."
     )
     epochs: float = Field(
-        4, gt=0, le=100, description="Pretraining epochs over the writer profiles."
+        8, gt=0, le=100, description="Pretraining epochs over the writer profiles."
     )
-    learning_rate: float = Field(2e-3, gt=0, le=1, description="Peak AdamW learning rate.")
-    batch_size: int = Field(16, ge=1, le=1024, description="Examples per optimizer step.")
+    learning_rate: float = Field(3e-3, gt=0, le=1, description="Peak AdamW learning rate.")
+    batch_size: int = Field(6, ge=1, le=1024, description="Examples per optimizer step.")
     max_train_users: int | None = Field(
         None, ge=1, description="Pretrain on at most this many training users (null: all)."
     )
@@ -230,6 +230,69 @@ class ExplorationSettings(_Section):
         return self
 
 
+class RecommenderSettings(_Section):
+    """Stage 2: the frozen recommender that scores profiles."""
+
+    kind: Literal["offline", "llm"] = Field(
+        "offline",
+        description="offline: MiniLM features and a small head fit on calibration users' writer "
+        "profiles; llm: the paper's LLM recommender (label probabilities in one forward pass).",
+    )
+    task: Literal["sentiment", "ranking"] = Field(
+        "sentiment",
+        description="sentiment: like / neutral / dislike of the target (the paper's); "
+        "ranking: the target among its N negatives.",
+    )
+    use_item_stats: bool = Field(
+        False,
+        description="Give the offline recommender the item's mean rating (collaborative "
+        "statistics; off, as the paper's recommender has none).",
+    )
+    model: ExplorerSettings | None = Field(
+        None,
+        description="The LLM recommender's model (kind llm): an explorer-style entry of kind "
+        "local, openai or base_generator.",
+    )
+    prompt_template: str = Field(
+        "recommender", description="The LLM recommender's prompt template."
+    )
+    chunk_size: int = Field(512, ge=1, description="(profile, target) scores per cache chunk.")
+    seed: int = Field(0, description="Seed of the offline recommender's fit.")
+
+    @model_validator(mode="after")
+    def _llm_needs_model(self) -> RecommenderSettings:
+        if self.kind == "llm" and self.model is None:
+            raise ValueError("kind llm needs a model entry")
+        return self
+
+
+class PairSettings(_Section):
+    """Stage 3: turning rewards into preference pairs."""
+
+    graded_margin: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="Also require the graded reward (probability of the truth) to "
+        "differ by this much, in the same direction (0: the binary rule only).",
+    )
+    max_pairs_per_user: int | None = Field(
+        None, ge=1, description="Cap of pairs per user (seeded sample)."
+    )
+    scope: Literal["all", "within_explorer"] = Field(
+        "all",
+        description="all: pairs across explorers (off-policy writers included); "
+        "within_explorer: both sides from the same explorer.",
+    )
+    balance_sources: bool = Field(
+        False,
+        description="Keep as many A-over-B as B-over-A pairs for every two sources, so no "
+        "explorer or style wins by its format.",
+    )
+    min_pairs: int = Field(20, ge=1, description="Fewer pairs than this fails the blocking check.")
+    seed: int = Field(0, description="Seed of capping and balancing.")
+
+
 class Preset(_Section):
     name: str = Field(description="Preset name (the file's stem).")
     description: str = Field("", description="What this preset is for.")
@@ -240,6 +303,12 @@ class Preset(_Section):
     )
     exploration: ExplorationSettings = Field(
         default_factory=ExplorationSettings, description="Stage 1: candidate profiles."
+    )
+    recommender: RecommenderSettings = Field(
+        default_factory=RecommenderSettings, description="Stage 2: the recommender."
+    )
+    pairs: PairSettings = Field(
+        default_factory=PairSettings, description="Stage 3: preference pairs."
     )
 
 

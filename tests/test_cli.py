@@ -91,7 +91,9 @@ def test_run_materializes_into_the_persistent_instance(tmp_path: Path, data_dir:
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "succeeded" in done.stdout
     materialized = done.stdout.split("materialized: ")[1].split(";")[0].split(", ")
-    assert {"interactions", "items", "task_samples", "base_generator", "sampled_profiles"} <= set(materialized)
+    assert {"interactions", "items", "task_samples", "base_generator", "sampled_profiles"} <= set(
+        materialized
+    )
     assert "check failed" not in done.stdout
 
     import dagster as dg

@@ -225,11 +225,19 @@ def sampled_profiles(
                 "seconds": round(time.perf_counter() - explorer_started, 2),
             }
         )
-    frame = pd.DataFrame([asdict(row) for row in rows])
+    generated = pd.DataFrame([asdict(row) for row in rows])
+    # An empty sample (EOS first, or an endpoint's empty answer) can teach nothing: it is not
+    # stored, and the checks below judge the share of them.
+    empty = generated["profile"].str.strip() == ""
+    if empty.any():
+        context.log.warning(f"dropping {int(empty.sum())} empty samples of {len(generated)}")
+    frame = generated[~empty].reset_index(drop=True)
     frame.insert(0, "dataset", dataset)
     frame["profile_id"] = [
         hashlib.sha256(
-            json.dumps([dataset, r.user_id, r.explorer, r.style, r.sample_index, r.profile]).encode()
+            json.dumps(
+                [dataset, r.user_id, r.explorer, r.style, r.sample_index, r.profile]
+            ).encode()
         ).hexdigest()[:16]
         for r in frame.itertuples()
     ]
@@ -254,11 +262,12 @@ def sampled_profiles(
             "explorers": dg.MetadataValue.md(markdown_preview(explorer_table, rows=50)),
             "cache_hit_rate": round(1 - total_calls / model_profiles, 3) if model_profiles else 1.0,
             "new_model_calls": total_calls,
+            "empty_samples_dropped": int(empty.sum()),
             "seconds": round(seconds, 2),
             "examples": dg.MetadataValue.md(markdown_preview(examples, rows=20, width=400)),
         }
     )
-    yield from check_results(validate_rules(profile_frames(frame), profile_rules()))
+    yield from check_results(validate_rules(profile_frames(generated), profile_rules()))
 
 
 exploration_assets = [base_generator, sampled_profiles]

@@ -253,7 +253,9 @@ def cached_map(
             stats.misses += len(missing)
             for i, value in zip(missing, fresh, strict=True):
                 values[i] = value
-            cache.put_many(kind, fingerprint, {keys[i]: value for i, value in zip(missing, fresh, strict=True)})
+            cache.put_many(
+                kind, fingerprint, {keys[i]: value for i, value in zip(missing, fresh, strict=True)}
+            )
             stats.chunks_run += 1
         if on_chunk is not None:
             on_chunk(ChunkProgress(done=indexes[-1] + 1, total=len(keys), stats=stats))
