@@ -44,6 +44,7 @@ ui: install
 
 bench: install
 	$(BIN)/python bench/ingest_benchmark.py
+	$(BIN)/python bench/generation_benchmark.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
