@@ -45,6 +45,8 @@ ui: install
 bench: install
 	$(BIN)/python bench/ingest_benchmark.py
 	$(BIN)/python bench/generation_benchmark.py
+	$(BIN)/python bench/label_scoring_benchmark.py
+	$(BIN)/python bench/profiles_rerun_benchmark.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -6,7 +6,8 @@ temporary folder); ``--model`` benchmarks an existing folder instead (e.g. a pre
 generator). A random model rarely emits EOS, so both runs generate the same number of tokens.
 Target: batched tokens/s at least 4x the one-at-a-time loop.
 
-    python bench/generation_benchmark.py [--model DIR] [--prompts 32] [--batch-size 32]
+    python bench/generation_benchmark.py [--model DIR] [--prompts 32] [--samples 1]
+        [--batch-size 32] [--threads 2]
 """
 
 from __future__ import annotations
@@ -91,11 +92,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--model", type=Path, help="model folder (default: a random default-size model)"
     )
-    parser.add_argument("--prompts", type=int, default=32, help="prompts (one sample each)")
+    parser.add_argument("--prompts", type=int, default=32, help="prompts")
+    parser.add_argument(
+        "--samples",
+        type=int,
+        default=1,
+        help="samples per prompt (the loop then makes one call per prompt with its samples)",
+    )
     parser.add_argument(
         "--items", type=int, default=30, help="history items per prompt (the long window)"
     )
-    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument(
+        "--max-new-tokens", type=int, default=128, help="the presets' default profile length"
+    )
     parser.add_argument("--batch-size", type=int, default=32, help="rows per batched forward")
     parser.add_argument("--threads", type=int, default=2, help="torch threads")
     args = parser.parse_args(argv)
@@ -121,24 +130,27 @@ def main(argv: list[str] | None = None) -> int:
         prompt_tokens = sum(len(model.prompt_ids(p)) for p in prompts) / len(prompts)
         print(
             f"model {folder} ({parameters:,} parameters), {len(prompts)} prompts of "
-            f"~{prompt_tokens:.0f} tokens, max_new_tokens {args.max_new_tokens}, "
+            f"~{prompt_tokens:.0f} tokens x {args.samples} samples, "
+            f"max_new_tokens {args.max_new_tokens}, "
             f"batch_size {args.batch_size}, {args.threads} threads"
         )
         model.generate(prompts[:2], decoding)  # warm-up: allocator and kernels
 
         began = time.perf_counter()
-        batched = model.generate(prompts, decoding)
+        batched = model.generate(prompts, decoding, args.samples)
         batched_s = time.perf_counter() - began
         began = time.perf_counter()
-        single = [model.generate([prompt], decoding)[0] for prompt in prompts]
+        single = [model.generate([prompt], decoding, args.samples)[0] for prompt in prompts]
         single_s = time.perf_counter() - began
 
-    batched_tokens = sum(row[0].completion_tokens for row in batched)
-    single_tokens = sum(row[0].completion_tokens for row in single)
+    batched_tokens = sum(g.completion_tokens for row in batched for g in row)
+    single_tokens = sum(g.completion_tokens for row in single for g in row)
     batched_rate = batched_tokens / batched_s
     single_rate = single_tokens / single_s
     ratio = batched_rate / single_rate
-    same = sum(a[0].text == b[0].text for a, b in zip(batched, single, strict=True))
+    same = sum(
+        [g.text for g in a] == [g.text for g in b] for a, b in zip(batched, single, strict=True)
+    )
     print(
         f"batched:        {batched_tokens:6d} tokens in {batched_s:6.2f}s = {batched_rate:8.1f} tokens/s"
     )

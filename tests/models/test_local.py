@@ -125,6 +125,19 @@ def test_samples_do_not_depend_on_the_batch(lm: LocalCausalLM):
     ]
 
 
+def test_shared_prefix_and_static_cache_match_plain_generate(folders):
+    """The fast paths (one prefill per prompt copied into a static cache; a static cache) give
+    the samples plain `generate` with its dynamic cache gives."""
+    fast = LocalCausalLM(folders["chat"], batch_size=8)
+    plain = LocalCausalLM(folders["chat"], batch_size=8)
+    plain._prefix_cache = plain._static_cache = False
+    for decoding in (Decoding(max_new_tokens=8, seed=4), Decoding(temperature=0, max_new_tokens=8)):
+        assert _texts_of(fast.generate(PROMPTS, decoding, 3)) == _texts_of(
+            plain.generate(PROMPTS, decoding, 3)
+        )
+    assert fast._prefix_cache and fast._static_cache  # no silent fallback happened
+
+
 def test_rows_are_batched_prompt_times_samples(lm: LocalCausalLM, monkeypatch: pytest.MonkeyPatch):
     batch_rows: list[int] = []
     original = lm.model.generate

@@ -1,0 +1,65 @@
+"""Cache benchmark: materializing sampled_profiles cold, then again with unchanged inputs.
+
+Runs in one process against a fresh LETTINGO_HOME (the data cache is shared): the upstream
+assets first (not timed), then `sampled_profiles` twice, timing each materialization inside the
+process. Target: the rerun takes at most a twentieth of the cold run.
+
+    python bench/profiles_rerun_benchmark.py [--preset ci] [--dataset movielens-100k]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+TARGET_RATIO = 20.0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", default="ci")
+    parser.add_argument("--dataset", default="movielens-100k")
+    args = parser.parse_args(argv)
+
+    scratch = Path(tempfile.mkdtemp(prefix="rerun-bench-"))
+    os.environ.setdefault(
+        "LETTINGO_DATA", str(Path(os.environ.get("LETTINGO_HOME", ".lettingo")).resolve() / "data")
+    )
+    os.environ["LETTINGO_HOME"] = str(scratch)
+    os.environ["LETTINGO_PRESET"] = args.preset
+
+    import dagster as dg
+
+    from lettingo_dagster.definitions import all_assets
+    from lettingo_dagster.resources import SettingsResource, Warehouse
+
+    instance = dg.DagsterInstance.ephemeral()
+    resources = {"settings": SettingsResource(preset=args.preset), "warehouse": Warehouse()}
+
+    def materialize(selection: list[str]) -> float:
+        began = time.perf_counter()
+        result = dg.materialize(all_assets, selection=selection, partition_key=args.dataset,
+                                instance=instance, resources=resources)  # fmt: skip
+        assert result.success
+        return time.perf_counter() - began
+
+    materialize(["interactions", "items", "task_samples", "base_generator"])
+    cold = materialize(["sampled_profiles"])
+    warm = materialize(["sampled_profiles"])
+    ratio = cold / warm
+    print(f"preset {args.preset}, dataset {args.dataset}")
+    print(f"cold sampled_profiles: {cold:7.2f}s")
+    print(f"warm sampled_profiles: {warm:7.2f}s (every model call from the cache)")
+    verdict = "PASS" if ratio >= TARGET_RATIO else "FAIL"
+    print(
+        f"{verdict}: rerun is 1/{ratio:.0f} of the cold time (target at most 1/{TARGET_RATIO:.0f})"
+    )
+    return 0 if verdict == "PASS" else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
