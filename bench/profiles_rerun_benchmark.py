@@ -4,7 +4,10 @@ Runs in one process against a fresh LETTINGO_HOME (the data cache is shared): th
 assets first (not timed), then `sampled_profiles` twice, timing each materialization inside the
 process. Target: the rerun takes at most a twentieth of the cold run.
 
-    python bench/profiles_rerun_benchmark.py [--preset ci] [--dataset movielens-100k]
+    python bench/profiles_rerun_benchmark.py [--preset ci] [--dataset movielens-100k] [--home DIR]
+
+`--home` reuses a LETTINGO_HOME whose upstream assets (and base generator) exist; the model-call
+cache there is deleted first so that the first run is cold.
 """
 
 from __future__ import annotations
@@ -23,9 +26,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="ci")
     parser.add_argument("--dataset", default="movielens-100k")
+    parser.add_argument("--home", type=Path, help="an existing LETTINGO_HOME (default: a new one)")
     args = parser.parse_args(argv)
 
-    scratch = Path(tempfile.mkdtemp(prefix="rerun-bench-"))
+    scratch = args.home.resolve() if args.home else Path(tempfile.mkdtemp(prefix="rerun-bench-"))
     os.environ.setdefault(
         "LETTINGO_DATA", str(Path(os.environ.get("LETTINGO_HOME", ".lettingo")).resolve() / "data")
     )
@@ -48,6 +52,9 @@ def main(argv: list[str] | None = None) -> int:
         return time.perf_counter() - began
 
     materialize(["interactions", "items", "task_samples", "base_generator"])
+    from lettingo_dagster.paths import model_cache_path
+
+    model_cache_path().unlink(missing_ok=True)
     cold = materialize(["sampled_profiles"])
     warm = materialize(["sampled_profiles"])
     ratio = cold / warm
