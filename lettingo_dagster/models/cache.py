@@ -199,29 +199,14 @@ def score_cached(
     fingerprint = model.fingerprint
     params = {"options": list(options)}
     keys = [call_key("score", fingerprint, prompt, params, 0) for prompt in prompts]
-    scores = np.full((len(prompts), len(options)), np.nan)
-    stats = CacheStats()
-    for start in range(0, len(prompts), chunk_size):
-        indexes = list(range(start, min(start + chunk_size, len(prompts))))
-        cached = cache.get_many([keys[i] for i in indexes])
-        stats.hits += len(cached)
-        missing = [i for i in indexes if keys[i] not in cached]
-        for i in indexes:
-            if keys[i] in cached:
-                scores[i] = cached[keys[i]]
-        if missing:
-            started = time.perf_counter()
-            fresh = model.score_options([prompts[i] for i in missing], options)
-            stats.model_seconds += time.perf_counter() - started
-            stats.misses += len(missing)
-            scores[missing] = fresh
-            cache.put_many(
-                "score", fingerprint, {keys[i]: fresh[n].tolist() for n, i in enumerate(missing)}
-            )
-            stats.chunks_run += 1
-        if on_chunk is not None:
-            on_chunk(ChunkProgress(done=indexes[-1] + 1, total=len(prompts), stats=stats))
-    return scores, stats
+
+    def compute(indexes: list[int]) -> list[Any]:
+        return model.score_options([prompts[i] for i in indexes], options).tolist()
+
+    values, stats = cached_map(
+        cache, "score", fingerprint, keys, compute, chunk_size=chunk_size, on_chunk=on_chunk
+    )
+    return np.array(values, dtype=float).reshape(len(prompts), len(options)), stats
 
 
 def cached_map(
