@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 from lettingo_dagster.paths import PROJECT_ROOT, dagster_home, data_cache_dir, lettingo_home
+from lettingo_dagster.registry import KNOWN_FORMATS
 
 
 def prepare_dagster_home() -> Path:
@@ -173,14 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument(
         "--format",
         required=True,
-        choices=[
-            "movielens-atomic",
-            "movielens-100k",
-            "movielens-dat",
-            "amazon-2018",
-            "amazon-2023",
-            "yelp",
-        ],
+        choices=KNOWN_FORMATS,
     )
     validate.add_argument("--interactions", required=True, type=Path)
     validate.add_argument("--items", type=Path)

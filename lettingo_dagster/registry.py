@@ -14,8 +14,8 @@ import yaml
 
 from lettingo_dagster.paths import DATASETS_FILE, data_cache_dir
 
-# Kept in step with lettingo_dagster.data.formats.FORMATS; duplicated so that loading the
-# registry (and so the Dagster definitions) never imports the loaders.
+# The raw formats the loaders read (lettingo_dagster.data.formats.FORMATS is this tuple); kept
+# here so that loading the registry, and so the Dagster definitions, never imports the loaders.
 KNOWN_FORMATS = (
     "movielens-atomic",
     "movielens-100k",

@@ -34,16 +34,11 @@ from pathlib import Path
 
 import duckdb
 
+from lettingo_dagster.registry import KNOWN_FORMATS
+
 log = logging.getLogger(__name__)
 
-FORMATS: tuple[str, ...] = (
-    "movielens-atomic",
-    "movielens-100k",
-    "movielens-dat",
-    "amazon-2018",
-    "amazon-2023",
-    "yelp",
-)
+FORMATS: tuple[str, ...] = KNOWN_FORMATS
 
 # u.item genre flags, in file order.
 ML100K_GENRES: tuple[str, ...] = (

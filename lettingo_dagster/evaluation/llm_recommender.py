@@ -19,7 +19,12 @@ import yaml
 from lettingo_dagster.data.samples import LABELS
 from lettingo_dagster.evaluation.examples import ItemText, TargetExample
 from lettingo_dagster.evaluation.recommender import Recommender, check_profiles
-from lettingo_dagster.exploration.prompts import PROMPTS_DIR, PromptError, sanitize_field
+from lettingo_dagster.exploration.prompts import (
+    PROMPTS_DIR,
+    PromptError,
+    render_item_line,
+    sanitize_field,
+)
 from lettingo_dagster.models.base import ChatPrompt, ModelError, TextModel
 
 NO_PROFILE = "(none)"
@@ -51,16 +56,7 @@ class LLMRecommender(Recommender):
 
     def prompt(self, example: TargetExample, profile: str | None, item: ItemText) -> ChatPrompt:
         specials = self._special_tokens()
-        recent = "\n".join(
-            self._item_line.format(
-                title=sanitize_field(r.title, specials),
-                year=r.year if r.year is not None else "year unknown",
-                genres=sanitize_field(", ".join(r.genres) or "no genre", specials),
-                sentiment=r.label,
-                rating=f"{r.rating:g}",
-            )
-            for r in example.recent
-        )
+        recent = "\n".join(render_item_line(self._item_line, r, specials) for r in example.recent)
         year = f" ({item.year})" if item.year is not None else ""
         target = sanitize_field(
             f"{item.title}{year}; {', '.join(item.genres) or 'no genre'}", specials

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import duckdb
 
+from lettingo_dagster.data.samples import rating_label
 from lettingo_dagster.settings import TaskSettings
 
 
@@ -28,11 +29,8 @@ class UserHistory:
 
 
 def sentiment(rating: float, task: TaskSettings) -> str:
-    if rating >= task.like_threshold:
-        return "like"
-    if rating <= task.dislike_threshold:
-        return "dislike"
-    return "neutral"
+    """The user's sentiment for a rating: the same rule as the task's labels."""
+    return rating_label(rating, task)
 
 
 def load_long_windows(

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import yaml
 
-from lettingo_dagster.exploration.history import UserHistory
+from lettingo_dagster.exploration.history import RatedItem, UserHistory
 from lettingo_dagster.models.base import ChatPrompt
 from lettingo_dagster.paths import ASSETS_DIR
 
@@ -52,6 +52,17 @@ def sanitize_field(text: str, special_tokens: Iterable[str] = ()) -> str:
     return _MARKERS.sub(lambda match: _defuse(match.group()), flat)
 
 
+def render_item_line(item_line: str, item: RatedItem, special_tokens: tuple[str, ...] = ()) -> str:
+    """One rated item through a template's `item_line`, its text sanitized."""
+    return item_line.format(
+        title=sanitize_field(item.title, special_tokens),
+        year=item.year if item.year is not None else "year unknown",
+        genres=sanitize_field(", ".join(item.genres) or "no genre", special_tokens),
+        sentiment=item.label,
+        rating=f"{item.rating:g}",
+    )
+
+
 @dataclass(frozen=True)
 class PromptTemplate:
     name: str
@@ -61,16 +72,7 @@ class PromptTemplate:
 
     def render(self, history: UserHistory, special_tokens: Iterable[str] = ()) -> ChatPrompt:
         specials = tuple(special_tokens)
-        lines = [
-            self.item_line.format(
-                title=sanitize_field(item.title, specials),
-                year=item.year if item.year is not None else "year unknown",
-                genres=sanitize_field(", ".join(item.genres) or "no genre", specials),
-                sentiment=item.label,
-                rating=f"{item.rating:g}",
-            )
-            for item in history.items
-        ]
+        lines = [render_item_line(self.item_line, item, specials) for item in history.items]
         return ChatPrompt(
             system=self.system,
             user=self.user.format(count=len(lines), history="\n".join(lines)),
