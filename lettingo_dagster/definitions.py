@@ -9,10 +9,12 @@ from __future__ import annotations
 import dagster as dg
 
 from lettingo_dagster.alignment.assets import alignment_assets
+from lettingo_dagster.automation import automation_jobs, automation_sensors
 from lettingo_dagster.data.assets import data_assets, dataset_partitions
 from lettingo_dagster.evaluation.assets import evaluation_assets
 from lettingo_dagster.exploration.assets import exploration_assets
 from lettingo_dagster.resources import SettingsResource, Warehouse
+from lettingo_dagster.tracking import MlflowTracking
 
 all_assets = [*data_assets, *exploration_assets, *evaluation_assets, *alignment_assets]
 
@@ -31,6 +33,13 @@ data_job = dg.define_asset_job(
 
 defs = dg.Definitions(
     assets=all_assets,
-    jobs=[pipeline_job, data_job],
-    resources={"settings": SettingsResource(), "warehouse": Warehouse()},
+    jobs=[pipeline_job, data_job, *automation_jobs],
+    sensors=automation_sensors,
+    resources={
+        "settings": SettingsResource(),
+        "warehouse": Warehouse(),
+        "mlflow": MlflowTracking(),
+        # The DPO trainer runs as its own process (torchrun) and reports back through Pipes.
+        "pipes_subprocess_client": dg.PipesSubprocessClient(),
+    },
 )

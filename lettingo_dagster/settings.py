@@ -293,6 +293,86 @@ class PairSettings(_Section):
     seed: int = Field(0, description="Seed of capping and balancing.")
 
 
+class LoraSettings(_Section):
+    """LoRA for DPO: train low-rank adapters instead of every weight."""
+
+    enabled: bool = Field(
+        False, description="Train LoRA adapters (true) or fine-tune every weight (false)."
+    )
+    rank: int = Field(8, ge=1, le=1024, description="LoRA rank r.")
+    alpha: int = Field(16, ge=1, le=4096, description="LoRA alpha (scale = alpha / r).")
+    dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the adapters' input.")
+    target_modules: list[str] = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"],
+        description="Module names that get adapters.",
+    )
+
+
+class DpoSettings(_Section):
+    """Stage 3: DPO of the profile generator on preference_pairs (TRL's DPOTrainer)."""
+
+    policy: str = Field(
+        "base-generator",
+        description="Explorer whose model DPO trains (kind base_generator or local).",
+    )
+    beta: float = Field(0.1, gt=0, le=10, description="DPO beta: strength of the KL anchor.")
+    loss_type: Literal["sigmoid", "hinge", "ipo", "robust", "bco_pair", "sppo_hard", "nca_pair"] = (
+        Field("sigmoid", description="TRL loss type (sigmoid is the paper's DPO loss).")
+    )
+    learning_rate: float = Field(5e-4, gt=0, le=1, description="Peak learning rate.")
+    epochs: float = Field(2, gt=0, le=100, description="Epochs over the training pairs.")
+    batch_size: int = Field(16, ge=1, le=4096, description="Pairs per step and process.")
+    gradient_accumulation_steps: int = Field(1, ge=1, le=1024, description="Steps per update.")
+    max_length: int = Field(
+        1024, ge=32, le=131072, description="Longest prompt plus profile in tokens."
+    )
+    lora: LoraSettings = Field(default_factory=LoraSettings, description="LoRA or full tuning.")
+    precompute_ref_log_probs: bool = Field(
+        True,
+        description="Score every pair with the reference once before training (no reference "
+        "model in memory while training).",
+    )
+    max_train_pairs: int | None = Field(
+        None, ge=1, description="Train on at most this many pairs (seeded sample; null: all)."
+    )
+    heldout_pairs: int = Field(
+        512,
+        ge=1,
+        description="Calibration users' pairs (at most this many) that measure held-out "
+        "preference accuracy.",
+    )
+    processes: int = Field(
+        1,
+        ge=1,
+        le=1024,
+        description="Training processes torchrun starts (gloo on CPU, NCCL on GPU).",
+    )
+    logging_steps: int = Field(5, ge=1, description="Log the TRL metrics every this many steps.")
+    save_steps: int = Field(50, ge=1, description="Checkpoint every this many steps (resume).")
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="cuda when present (auto), or force one."
+    )
+    seed: int = Field(0, description="Seed of data order and initialization.")
+
+
+class ReportSettings(_Section):
+    """The evaluation report on held-out test users (DESIGN section 6)."""
+
+    samples_per_user: int = Field(
+        2, ge=1, le=64, description="Profiles each generator writes per test user."
+    )
+    seed: int = Field(1000, description="Sampling seed of both generators on test users.")
+    null_seed: int = Field(
+        2000, description="The base generator's other seed: the null check (base against base)."
+    )
+    n_boot: int = Field(1000, ge=100, le=100000, description="Bootstrap resamples over users.")
+    promotion_metric: str = Field(
+        "",
+        description="Metric the champion is chosen by (empty: accuracy for sentiment, "
+        "hit_rate@1 for ranking).",
+    )
+
+
 class Preset(_Section):
     name: str = Field(description="Preset name (the file's stem).")
     description: str = Field("", description="What this preset is for.")
@@ -310,6 +390,20 @@ class Preset(_Section):
     pairs: PairSettings = Field(
         default_factory=PairSettings, description="Stage 3: preference pairs."
     )
+    dpo: DpoSettings = Field(default_factory=DpoSettings, description="Stage 3: DPO training.")
+    report: ReportSettings = Field(
+        default_factory=ReportSettings, description="The evaluation report on test users."
+    )
+
+    @model_validator(mode="after")
+    def _policy_is_a_model_explorer(self) -> Preset:
+        kinds = {e.name: e.kind for e in self.exploration.explorers}
+        if kinds.get(self.dpo.policy) not in ("base_generator", "local"):
+            raise ValueError(
+                f"dpo.policy {self.dpo.policy!r} must name an explorer of kind base_generator or "
+                f"local (explorers: {', '.join(kinds)})"
+            )
+        return self
 
 
 def _format_validation_error(path: Path, error: ValidationError) -> str:

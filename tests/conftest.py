@@ -10,6 +10,7 @@ import os
 import shutil
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -54,3 +55,59 @@ def fresh_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     home = tmp_path / "home"
     monkeypatch.setenv("LETTINGO_HOME", str(home))
     return home
+
+
+@dataclass
+class PipelineWorld:
+    """The ci graph materialized through preference_pairs once per session, on a dataset the
+    tests write (`synthetic`): later stages are tested against it with the same instance."""
+
+    instance: object
+    warehouse: Path
+    mlflow_uri: str
+    resources: dict
+    base_generator: Path
+
+    def materialize(self, assets, selection, **kwargs):
+        import dagster as dg
+
+        return dg.materialize(
+            assets,
+            selection=selection,
+            partition_key="synthetic",
+            instance=self.instance,
+            resources=self.resources,
+            **kwargs,
+        )
+
+
+@pytest.fixture(scope="session")
+def pipeline_world(tmp_path_factory: pytest.TempPathFactory) -> PipelineWorld:
+    import dagster as dg
+    from synthetic import write_movielens_atomic
+
+    from lettingo_dagster.definitions import all_assets, defs
+    from lettingo_dagster.resources import SettingsResource, Warehouse
+    from lettingo_dagster.tracking import MlflowTracking
+
+    root = tmp_path_factory.mktemp("world")
+    data = Path(os.environ["LETTINGO_DATA"]) / "synthetic"
+    write_movielens_atomic(data, users=90, items=160, min_ratings=20, max_ratings=70, seed=5)
+    mlflow_uri = f"sqlite:///{root / 'mlflow.db'}"
+    resources = {
+        **defs.resources,
+        "settings": SettingsResource(preset="ci"),
+        "warehouse": Warehouse(database=str(root / "warehouse.duckdb")),
+        "mlflow": MlflowTracking(tracking_uri=mlflow_uri, artifact_root=str(root / "artifacts")),
+    }
+    instance = dg.DagsterInstance.ephemeral()
+    result = dg.materialize(
+        all_assets,
+        selection=dg.AssetSelection.assets("preference_pairs").upstream(),
+        partition_key="synthetic",
+        instance=instance,
+        resources=resources,
+    )
+    assert result.success
+    base = result.output_for_node("base_generator")
+    return PipelineWorld(instance, root / "warehouse.duckdb", mlflow_uri, resources, Path(base))

@@ -2,13 +2,16 @@
 
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import dagster as dg
 import pandas as pd
+from pydantic import Field
 
 from lettingo_dagster.checks import check_results, check_specs
 from lettingo_dagster.data.fetch import FETCHABLE, fetch_dataset
+from lettingo_dagster.data.landing import file_sha256, newest_landed_file
 from lettingo_dagster.data.rules import (
     interaction_frame,
     interaction_rules,
@@ -18,7 +21,7 @@ from lettingo_dagster.data.rules import (
     task_sample_rules,
 )
 from lettingo_dagster.data.samples import LABELS, SPLITS, TASK_SAMPLE_COLUMNS, build_task_samples
-from lettingo_dagster.paths import data_cache_dir
+from lettingo_dagster.paths import data_cache_dir, landing_dir
 from lettingo_dagster.quality import validate_rules
 from lettingo_dagster.registry import DatasetEntry, get_dataset, load_registry
 from lettingo_dagster.resources import SettingsResource, Warehouse
@@ -56,18 +59,56 @@ def _table_schema(columns: dict[str, str]) -> dg.TableSchema:
     )
 
 
-def _raw_files_ready(context: dg.AssetExecutionContext, entry: DatasetEntry) -> None:
-    """Fetch a fetchable dataset on first use; otherwise say which file is missing."""
-    missing = [p for p in (entry.interactions, entry.items) if p is not None and not p.is_file()]
+def _raw_files_ready(
+    context: dg.AssetExecutionContext, entry: DatasetEntry, interactions: Path | None = None
+) -> None:
+    """Fetch a fetchable dataset on first use; otherwise say which file is missing.
+
+    `interactions` is the file this run reads when it is not the registry's (a landed file);
+    only the registry's own files can be fetched.
+    """
+    interactions = interactions if interactions is not None else entry.interactions
+    missing = [p for p in (interactions, entry.items) if p is not None and not p.is_file()]
     if not missing:
         return
-    if entry.name in FETCHABLE:
+    if entry.name in FETCHABLE and all(p in (entry.interactions, entry.items) for p in missing):
         fetch_dataset(entry.name, data_cache_dir(), log=context.log.info)
         return
     raise dg.Failure(
         description=f"dataset {entry.name!r} (registered in {entry.source}): "
         f"file not found: {', '.join(str(p) for p in missing)}"
     )
+
+
+class InteractionsConfig(dg.Config):
+    """Per-run options of the `interactions` asset (the launchpad shows them)."""
+
+    source_file: str | None = Field(
+        default=None,
+        description=(
+            "Read interactions from this file instead of the registry's; the landing sensor "
+            "sets it. The file has the registry entry's format; items still come from the "
+            "registry. When unset, the newest file in the dataset's landing folder "
+            "(LETTINGO_HOME/landing/<dataset>) is read if there is one, else the registry's."
+        ),
+    )
+
+
+def _interactions_source(entry: DatasetEntry, config: InteractionsConfig) -> tuple[Path, str]:
+    """The file this run reads and where that choice came from."""
+    if config.source_file:
+        path = Path(config.source_file).expanduser()
+        if not path.is_file():
+            raise dg.Failure(
+                description=f"dataset {entry.name!r}: source_file not found: {path} "
+                "(set in the run config; the landing sensor sets it to a landed file, which "
+                "may have been moved or deleted since)"
+            )
+        return path, "run config"
+    landed = newest_landed_file(entry.name)
+    if landed is not None:
+        return landed, f"landing folder {landing_dir(entry.name)}"
+    return entry.interactions, f"registry {entry.source}"
 
 
 def _load_failure(exc: Exception) -> dg.Failure:
@@ -84,26 +125,34 @@ def _load_failure(exc: Exception) -> dg.Failure:
     pool="duckdb",
     code_version="1",
     description=(
-        "Every (user, item, rating, timestamp) of one dataset, loaded from its raw files in the "
-        "registry's format. A malformed file fails the run with the file, line and problem, and "
-        "leaves the previous table intact."
+        "Every (user, item, rating, timestamp) of one dataset, loaded in the registry's format "
+        "from the run config's source_file, else the newest file in the dataset's landing "
+        "folder, else the registry's file. A malformed file fails the run with the file, line "
+        "and problem, and leaves the previous table intact."
     ),
     check_specs=check_specs("interactions", interaction_rules(0, 0)),
 )
 def interactions(
-    context: dg.AssetExecutionContext, warehouse: Warehouse
+    context: dg.AssetExecutionContext, config: InteractionsConfig, warehouse: Warehouse
 ) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult]:
     from lettingo_dagster.data.formats import DataFormatError, load_interactions, rating_scale
 
     entry = get_dataset(context.partition_key)
-    _raw_files_ready(context, entry)
+    source, origin = _interactions_source(entry, config)
+    _raw_files_ready(context, entry, interactions=source)
+    sha256 = file_sha256(source)
+    context.log.info(f"{entry.name}: reading {source} ({origin}; sha256 {sha256})")
+    requested = context.run.tags.get("lettingo/sha256")
+    if config.source_file and requested and requested != sha256:
+        context.log.warning(
+            f"{source} changed after the landing sensor saw it (sha256 {requested}); "
+            "reading its current content, which gets a run of its own"
+        )
     started = time.perf_counter()
     with warehouse.get_connection() as con:
         staging = "staging_interactions"
         try:
-            load_interactions(
-                con, entry.format, entry.interactions, table=staging, dataset=entry.name
-            )
+            load_interactions(con, entry.format, source, table=staging, dataset=entry.name)
         except DataFormatError as exc:
             raise _load_failure(exc) from None
         try:
@@ -139,7 +188,9 @@ def interactions(
             "observed_ratings": f"{stats[2]:g}..{stats[3]:g}",
             "time_range": f"{pd.Timestamp(stats[4], unit='s')} .. {pd.Timestamp(stats[5], unit='s')}",
             "rating_histogram": dg.MetadataValue.md(markdown_preview(histogram, rows=50)),
-            "source": dg.MetadataValue.path(str(entry.interactions)),
+            "source_file": dg.MetadataValue.path(str(source)),
+            "source_sha256": sha256,
+            "source_origin": origin,
             "format": entry.format,
             "ingest_seconds": round(seconds, 3),
             "rows_per_second": round(rows / max(seconds, 1e-9)),
