@@ -8,7 +8,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export MLFLOW_ENABLE_TELEMETRY := false
 
-.PHONY: install run test test-slow lint ui bench clean
+.PHONY: install run test test-slow lint ui mlflow-ui bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,10 @@ lint: install
 # The Dagster UI on the persistent instance under $(LETTINGO_HOME).
 ui: install
 	$(BIN)/lettingo ui
+
+# The MLflow UI on the project's tracking store: runs, per-step curves, registered models.
+mlflow-ui: install
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(LETTINGO_HOME)/mlflow/mlflow.db --host 127.0.0.1 --port 5000
 
 bench: install
 	$(BIN)/python bench/ingest_benchmark.py

@@ -127,21 +127,73 @@ def _cmd_run(args: argparse.Namespace) -> int:
             f"checks: {len(checks) - len(failed_checks)}/{len(checks)} passed"
         )
         for check in failed_checks:
+            warning = getattr(check.severity, "value", "ERROR") == "WARN"
             print(
-                f"    check failed: {check.asset_key.to_user_string()}.{check.check_name}: "
-                f"{check.description or ''}"
+                f"    check {'warning' if warning else 'failed'}: "
+                f"{check.asset_key.to_user_string()}.{check.check_name}: {check.description or ''}"
             )
         for event in result.all_events:
             if event.is_step_failure:
                 error = event.step_failure_data.error
                 print(f"    step {event.step_key} failed: {error.message.strip() if error else ''}")
         failed = failed or not result.success
+        if result.success:
+            print_report(dataset)
+    from lettingo_dagster.tracking import default_tracking_uri
+
     print(
         "\nWhere to look next:\n"
         f"  Dagster UI:  make ui   (instance under {dagster_home()})\n"
+        f"  MLflow UI:   make mlflow-ui   (store {default_tracking_uri()})\n"
+        f"  Reports:     {lettingo_home() / 'reports'}/<dataset>/report.html\n"
         f"  Warehouse:   {lettingo_home() / 'warehouse.duckdb'}"
     )
     return 1 if failed else 0
+
+
+def print_report(dataset: str) -> bool:
+    """The results table of a dataset's latest evaluation report; False when there is none."""
+    import json
+
+    from lettingo_dagster.report.assets import reports_dir
+
+    summary_file = reports_dir(dataset) / "report.json"
+    if not summary_file.is_file():
+        return False
+    summary = json.loads(summary_file.read_text())
+    print(
+        f"\n{dataset}: evaluation on {summary['users']} test users, {summary['targets']} targets "
+        f"(task {summary['task']}, preset {summary['preset']}); points, 95% intervals over users\n"
+    )
+    print(summary["results_markdown"])
+    for title, key in (
+        ("DPO minus base", "dpo_minus_base"),
+        ("null check (base, another seed, minus base)", "null_check"),
+        ("ceiling (oracle minus recent only)", "ceiling"),
+    ):
+        cells = ", ".join(
+            f"{d['metric']} {100 * d['estimate']:+.1f} [{100 * d['low']:+.1f}, {100 * d['high']:+.1f}]"
+            for d in summary.get(key, [])
+        )
+        print(f"{title}: {cells or 'n/a'}")
+    print(f"promotion: {summary['promotion']['decision']}")
+    print(f"report: {summary_file.with_name('report.html')}")
+    return True
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from lettingo_dagster.registry import load_registry
+
+    datasets = args.dataset or sorted(load_registry())
+    shown = [dataset for dataset in datasets if print_report(dataset)]
+    if not shown:
+        print(
+            f"no evaluation report yet for {', '.join(datasets)} under {lettingo_home()}: "
+            "materialize evaluation_report (lettingo run) first",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
 
 
 def _cmd_ui(args: argparse.Namespace) -> int:
@@ -196,6 +248,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="console log level of the run (the UI keeps every event)",
     )  # fmt: skip
     run.set_defaults(handler=_cmd_run)
+
+    report = commands.add_parser("report", help="print the latest evaluation report")
+    report.add_argument("--dataset", action="append", help="dataset(s); default: every one")
+    report.set_defaults(handler=_cmd_report)
 
     ui = commands.add_parser("ui", help="open the Dagster UI on the persistent instance")
     ui.add_argument("--preset", help="preset for this UI session (default: LETTINGO_PRESET)")

@@ -13,10 +13,13 @@ from lettingo_dagster.automation import automation_jobs, automation_sensors
 from lettingo_dagster.data.assets import data_assets, dataset_partitions
 from lettingo_dagster.evaluation.assets import evaluation_assets
 from lettingo_dagster.exploration.assets import exploration_assets
+from lettingo_dagster.report.assets import report_assets
 from lettingo_dagster.resources import SettingsResource, Warehouse
 from lettingo_dagster.tracking import MlflowTracking
 
-all_assets = [*data_assets, *exploration_assets, *evaluation_assets, *alignment_assets]
+all_assets = [
+    *data_assets, *exploration_assets, *evaluation_assets, *alignment_assets, *report_assets
+]  # fmt: skip
 
 pipeline_job = dg.define_asset_job(
     name="lettingo_pipeline",

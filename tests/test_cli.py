@@ -95,6 +95,15 @@ def test_run_materializes_into_the_persistent_instance(tmp_path: Path, data_dir:
         materialized
     )
     assert "check failed" not in done.stdout
+    assert {"dpo_checkpoint", "heldout_profiles", "evaluation_report"} <= set(materialized)
+    # The results table and where to look next come with the run, and again from `report`.
+    assert "dpo_generator" in done.stdout and "null check" in done.stdout
+    assert "MLflow UI" in done.stdout
+    report = lettingo("report", "--dataset", "synthetic", env={"LETTINGO_HOME": str(home)})
+    assert report.returncode == 0, report.stderr
+    assert "| recent_only |" in report.stdout and "DPO minus base" in report.stdout
+    missing = lettingo("report", "--dataset", "synthetic", env={"LETTINGO_HOME": str(tmp_path)})
+    assert missing.returncode == 1 and "no evaluation report yet" in missing.stderr
 
     import dagster as dg
 
