@@ -58,7 +58,7 @@ def run_failures_path() -> Path:
     minimum_interval_seconds=30,
     default_status=dg.DefaultSensorStatus.RUNNING,
     description=(
-        "Watches LETTINGO_HOME/landing/<dataset>/ for new interaction files (full snapshots in "
+        "Watches `LETTINGO_HOME/landing/{dataset}/` for new interaction files (full snapshots in "
         "the registry's format) and requests a `lettingo_retrain` run for each new content "
         "(run key = dataset:sha256, so a content is ingested once). Hidden, *.tmp and *.part "
         "files are ignored; a file must stay unchanged for LETTINGO_LANDING_QUIET_SECONDS "

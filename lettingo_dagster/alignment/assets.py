@@ -290,7 +290,7 @@ def _launch_command(job_file: Path, processes: int) -> list[str]:
         "trainer runs as its own process under torchrun through Dagster Pipes (CUDA when "
         "present), resumes from its last checkpoint after an interruption, and is tracked in "
         "MLflow: per-step metrics, the model, and a new version of the registered model "
-        "lettingo-profile-generator-<dataset>. The value is the saved model folder."
+        "`lettingo-profile-generator-{dataset}`. The value is the saved model folder."
     ),
     check_specs=_dpo_rules(),
 )

@@ -245,9 +245,10 @@ def train_dpo(
     Runs the same in one process and under torchrun (transformers reads RANK / WORLD_SIZE and
     sets up gloo on CPU or NCCL on GPU); only rank 0 writes the model and the report.
     """
+    import pyarrow.parquet as pq
     import torch
     from datasets import Dataset
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer, PrinterCallback
     from trl import DPOConfig, DPOTrainer
 
     settings = job.settings
@@ -263,8 +264,9 @@ def train_dpo(
     train = Dataset.from_parquet(job.train_pairs, cache_dir=cache_dir)
     if len(train) == 0:
         raise ValueError(f"{job.train_pairs}: no training pairs")
-    heldout = Dataset.from_parquet(job.heldout_pairs, cache_dir=cache_dir)
-    heldout = heldout if len(heldout) else None
+    heldout = None
+    if pq.ParquetFile(job.heldout_pairs).metadata.num_rows:  # datasets cannot read empty files
+        heldout = Dataset.from_parquet(job.heldout_pairs, cache_dir=cache_dir)
 
     model = AutoModelForCausalLM.from_pretrained(
         job.policy_path, local_files_only=True, dtype=torch.float32
@@ -325,6 +327,8 @@ def train_dpo(
         peft_config=peft_config,
         callbacks=[*_callbacks(on_metrics, history), *callbacks],
     )
+    # Progress goes through on_metrics (Pipes, MLflow); the printer would repeat it on stdout.
+    trainer.remove_callback(PrinterCallback)
     trained_parameters = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
     is_main = trainer.is_world_process_zero()
     resume = last_checkpoint(checkpoints)

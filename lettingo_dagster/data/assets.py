@@ -89,7 +89,7 @@ class InteractionsConfig(dg.Config):
             "Read interactions from this file instead of the registry's; the landing sensor "
             "sets it. The file has the registry entry's format; items still come from the "
             "registry. When unset, the newest file in the dataset's landing folder "
-            "(LETTINGO_HOME/landing/<dataset>) is read if there is one, else the registry's."
+            "(`LETTINGO_HOME/landing/{dataset}`) is read if there is one, else the registry's."
         ),
     )
 
