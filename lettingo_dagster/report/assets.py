@@ -183,6 +183,34 @@ def decide_promotion(
     return candidate > champion, "current champion", champion
 
 
+def promote_version(
+    mlflow: MlflowTracking,
+    name: str,
+    version: str | None,
+    candidate: float,
+    base: float,
+    tag: str,
+) -> tuple[bool, str, float, str | None]:
+    """Record the candidate's held-out figure on its registry version (tag `tag`) and move the
+    alias `champion` to it when it beats the current champion's recorded figure, or the base
+    generator's when there is no champion. Returns (promoted, compared with, reference figure,
+    champion before)."""
+    if not version:
+        return False, "nothing (no registered version)", float("nan"), None
+    champion_version = mlflow.alias_version(name)
+    mlflow.set_version_tag(name, version, tag, f"{candidate:.6f}")
+    if champion_version == version:
+        return True, "itself (already champion)", candidate, champion_version
+    champion_figure = None
+    if champion_version is not None:
+        recorded = mlflow.version_tags(name, champion_version).get(tag)
+        champion_figure = float(recorded) if recorded is not None else None
+    promote, against, reference = decide_promotion(candidate, champion_figure, base)
+    if promote:
+        mlflow.set_alias(name, version)
+    return promote, against, reference, champion_version
+
+
 def _registration(dpo_checkpoint: str) -> dict[str, Any]:
     path = Path(dpo_checkpoint).parent / "registration.json"
     return json.loads(path.read_text()) if path.is_file() else {}
@@ -298,22 +326,12 @@ def evaluation_report(
     candidate = _metric_value(table, ev.DPO_GENERATOR, metric)
     base = _metric_value(table, ev.BASE_GENERATOR, metric)
     tag = f"heldout_{ev.mlflow_metric_name(metric)}"
-    champion_version = mlflow.alias_version(name) if version else None
-    if version and champion_version == version:
-        promote, against, reference = True, "itself (already champion)", candidate
-    else:
-        champion_figure = None
-        if champion_version is not None:
-            recorded = mlflow.version_tags(name, champion_version).get(tag)
-            champion_figure = float(recorded) if recorded is not None else None
-        promote, against, reference = decide_promotion(candidate, champion_figure, base)
+    promote, against, reference, champion_version = promote_version(
+        mlflow, name, version, candidate, base, tag
+    )
     if version:
-        mlflow.set_version_tag(name, version, tag, f"{candidate:.6f}")
-        mlflow.set_version_tag(
-            name, version, "heldout_users", str(len({e.user_id for e in test_examples}))
-        )
-        if promote:
-            mlflow.set_alias(name, version)
+        users = str(len({e.user_id for e in test_examples}))
+        mlflow.set_version_tag(name, version, "heldout_users", users)
     decision = (
         f"version {version} {'is' if promote else 'is not'} the champion: {metric} "
         f"{candidate:.4f} against {against} {reference:.4f}"

@@ -10,7 +10,7 @@ import duckdb
 import pytest
 
 from lettingo_dagster.definitions import all_assets
-from lettingo_dagster.report.assets import decide_promotion, reports_dir
+from lettingo_dagster.report.assets import decide_promotion, promote_version, reports_dir
 from lettingo_dagster.report.evaluation import METHODS
 from lettingo_dagster.tracking import CHAMPION, MlflowTracking, registered_model_name
 
@@ -23,6 +23,36 @@ def test_decide_promotion_against_base_then_champion() -> None:
     assert decide_promotion(0.30, 0.31, 0.10) == (False, "current champion", 0.31)
     assert decide_promotion(0.32, 0.31, 0.40)[0] is True  # the champion is the bar, not base
     assert decide_promotion(0.31, 0.31, 0.10)[0] is False  # a tie does not replace it
+
+
+def test_promotion_moves_the_champion_only_on_a_better_version(tmp_path: Path) -> None:
+    tracking = MlflowTracking(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    client = tracking.client()
+    experiment = tracking.experiment_id("lettingo-promotion")
+    name = "lettingo-profile-generator-promotion"
+
+    def register() -> str:
+        run = client.create_run(experiment)
+        return tracking.register(name, run, "model")
+
+    tag = "heldout_hit_rate_at_1"
+    first = register()
+    # No champion yet: the bar is the base generator.
+    assert promote_version(tracking, name, first, 0.20, 0.25, tag)[0] is False
+    assert tracking.alias_version(name) is None
+    assert promote_version(tracking, name, first, 0.30, 0.25, tag)[:2] == (True, "base generator")
+    assert tracking.alias_version(name) == first
+    # A worse version leaves the champion in place, whatever the base generator scored.
+    second = register()
+    promoted, against, reference, before = promote_version(tracking, name, second, 0.28, 0.1, tag)
+    assert (promoted, against, reference, before) == (False, "current champion", 0.30, first)
+    assert tracking.alias_version(name) == first
+    # A better one takes the alias; its figure is recorded on the version.
+    third = register()
+    assert promote_version(tracking, name, third, 0.35, 0.5, tag)[0] is True
+    assert tracking.alias_version(name) == third
+    assert float(tracking.version_tags(name, third)[tag]) == 0.35
+    assert promote_version(tracking, name, None, 0.9, 0.1, tag)[0] is False
 
 
 def test_report_assets_write_the_report_and_decide_the_champion(pipeline_world) -> None:
