@@ -390,7 +390,13 @@ def dpo_checkpoint(
                 invocation = pipes_subprocess_client.run(
                     command=_launch_command(job_file, dpo.processes),
                     context=context,
-                    env={"OMP_NUM_THREADS": str(threads), "TOKENIZERS_PARALLELISM": "false"},
+                    env={
+                        "OMP_NUM_THREADS": str(threads),
+                        "TOKENIZERS_PARALLELISM": "false",
+                        # Progress reaches the run through Pipes; bars would flood its stderr.
+                        "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",
+                        "TQDM_DISABLE": "1",
+                    },
                 )
             except DagsterPipesExecutionError as exc:
                 failure = out / FAILURE_FILE

@@ -123,6 +123,15 @@ def run(job_file: Path) -> int:
     finally:
         if pipes is not None:
             pipes.close()
+        _shutdown_distributed()
+
+
+def _shutdown_distributed() -> None:
+    """Tear down the process group torchrun's ranks joined (NCCL warns when it is left open)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -220,6 +220,7 @@ def reward_scores(
         REWARD_COLUMNS,
         no_profile_accuracy,
         profile_rewards,
+        split_half_reliability,
     )
 
     preset = settings.load()
@@ -283,6 +284,9 @@ def reward_scores(
             "mean_binary_reward": round(float(rewards["binary_reward"].mean()), 4),
             "reward_histogram": dg.MetadataValue.md(markdown_preview(histogram, rows=50)),
             "share_of_users_with_differing_rewards": round(float(users_mixed), 3),
+            # How much of the reward differences between one user's profiles is signal: near 0,
+            # preference pairs are noise that DPO can only memorize.
+            "reward_split_half_reliability": round(split_half_reliability(rewards), 4),
             "scored_pairs": stats.hits + stats.misses,
             "cache_hit_rate": round(stats.hit_rate, 3),
             "seconds": round(time.perf_counter() - started, 1),

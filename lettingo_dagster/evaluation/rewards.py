@@ -147,3 +147,27 @@ def no_profile_accuracy(
     """The recommender without any profile on the same targets: the reference point."""
     values, _ = score_pairs(recommender, task, examples, [None] * len(examples), cache)
     return float(np.mean([outcome(task, e, v)[1] for e, v in zip(examples, values, strict=True)]))
+
+
+def split_half_reliability(rewards: pd.DataFrame) -> float:
+    """Does a profile's reward replicate across its user's targets? The within-user correlation
+    between each profile's mean truth score on the even-numbered targets and on the odd-numbered
+    ones (user means removed, so only differences between one user's profiles count).
+
+    Near 0, the differences that preference pairs are built from are noise of the targets, not a
+    property of the profiles, and DPO can only memorize them; NaN with fewer than two targets.
+    """
+    scores = [np.asarray(s, dtype=float) for s in rewards["target_truth_scores"]]
+    if not scores or min(len(s) for s in scores) < 2:
+        return float("nan")
+    frame = pd.DataFrame(
+        {
+            "user": rewards["user_id"].to_numpy(),
+            "even": [s[0::2].mean() for s in scores],
+            "odd": [s[1::2].mean() for s in scores],
+        }
+    )
+    centred = frame[["even", "odd"]] - frame.groupby("user")[["even", "odd"]].transform("mean")
+    if centred["even"].std() == 0 or centred["odd"].std() == 0:
+        return float("nan")
+    return float(np.corrcoef(centred["even"], centred["odd"])[0, 1])

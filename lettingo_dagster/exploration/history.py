@@ -4,11 +4,13 @@ user's sentiment, read from the warehouse."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-
-import duckdb
+from typing import TYPE_CHECKING
 
 from lettingo_dagster.data.samples import rating_label
 from lettingo_dagster.settings import TaskSettings
+
+if TYPE_CHECKING:  # the training process on a cluster node needs no warehouse client
+    import duckdb
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ import duckdb
 import pytest
 from synthetic import write_movielens_atomic
 
-from lettingo_dagster.definitions import all_assets
+from lettingo_dagster.definitions import all_assets, defs
 from lettingo_dagster.resources import SettingsResource, Warehouse
 
 pytestmark = pytest.mark.integration
@@ -29,11 +29,16 @@ def test_rewards_pairs_and_oracle(tmp_path: Path, data_dir: Path, fresh_home: Pa
     warehouse = tmp_path / "warehouse.duckdb"
     instance = dg.DagsterInstance.ephemeral()
     resources = {
+        **defs.resources,  # every asset's resources must resolve, selected or not
         "settings": SettingsResource(preset="ci"),
         "warehouse": Warehouse(database=str(warehouse)),
     }
     result = dg.materialize(
-        all_assets, partition_key="synthetic", instance=instance, resources=resources
+        all_assets,
+        selection=dg.AssetSelection.assets("preference_pairs", "oracle_study").upstream(),
+        partition_key="synthetic",
+        instance=instance,
+        resources=resources,
     )
     assert result.success
 

@@ -124,3 +124,26 @@ def test_profile_rewards_aggregate_targets_and_cache(
     again, stats = profile_rewards(recommender, "sentiment", profiles, by_user, cache)
     assert stats.misses == 0 and stats.hits == 5
     pd.testing.assert_frame_equal(again, rewards)
+
+
+def test_split_half_reliability_separates_signal_from_noise() -> None:
+    import numpy as np
+    import pandas as pd
+
+    from lettingo_dagster.evaluation.rewards import split_half_reliability
+
+    rng = np.random.default_rng(0)
+    users = np.repeat([f"u{i}" for i in range(60)], 6)
+    quality = rng.normal(size=len(users))  # a property of each profile
+    signal = [list(q + 0.2 * rng.normal(size=4)) for q in quality]
+    noise = [list(rng.normal(size=4)) for _ in quality]
+    assert (
+        split_half_reliability(pd.DataFrame({"user_id": users, "target_truth_scores": signal}))
+        > 0.9
+    )
+    assert (
+        abs(split_half_reliability(pd.DataFrame({"user_id": users, "target_truth_scores": noise})))
+        < 0.15
+    )
+    one_target = pd.DataFrame({"user_id": ["a", "a"], "target_truth_scores": [[1.0], [0.5]]})
+    assert np.isnan(split_half_reliability(one_target))
