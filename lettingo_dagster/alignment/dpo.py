@@ -389,19 +389,19 @@ def train_dpo(
 
 
 def _save(trainer: Any, tokenizer: Any, out: Path, lora: bool) -> None:
-    """Write model/ (and adapter/) under temporary names, then rename: never half a model."""
+    """Write adapter/ (with LoRA) and model/, each complete or not at all."""
     model = trainer.accelerator.unwrap_model(trainer.model)
     if lora:
-        partial_adapter = out / ".adapter.partial"
-        shutil.rmtree(partial_adapter, ignore_errors=True)
-        model.save_pretrained(partial_adapter)
-        tokenizer.save_pretrained(partial_adapter)
-        shutil.rmtree(out / "adapter", ignore_errors=True)
-        partial_adapter.rename(out / "adapter")
+        _save_folder(model, tokenizer, out / "adapter")
         model = model.merge_and_unload()
-    partial = out / ".model.partial"
+    _save_folder(model, tokenizer, out / "model")
+
+
+def _save_folder(model: Any, tokenizer: Any, folder: Path) -> None:
+    """save_pretrained under a temporary name, then rename: never half a model."""
+    partial = folder.with_name(f".{folder.name}.partial")
     shutil.rmtree(partial, ignore_errors=True)
     model.save_pretrained(partial)
     tokenizer.save_pretrained(partial)
-    shutil.rmtree(out / "model", ignore_errors=True)
-    partial.rename(out / "model")
+    shutil.rmtree(folder, ignore_errors=True)
+    partial.rename(folder)
