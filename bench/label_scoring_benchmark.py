@@ -6,6 +6,10 @@ greedy answer and parses it strictly. By default the model is a randomly initial
 generator of the default size; `--model` benchmarks an existing folder. Target: at least 5x.
 
     python bench/label_scoring_benchmark.py [--model DIR] [--examples 64] [--batch-size 32]
+        [--task sentiment|ranking]
+
+With `--task ranking` every example has a prompt per candidate (the target and its negatives)
+that differ only in the item at the end: the one-pass path scores them from one shared prefix.
 """
 
 from __future__ import annotations
@@ -31,7 +35,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--answer-tokens", type=int, default=4, help="tokens generated per answer")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--task", choices=["sentiment", "ranking"], default="sentiment",
+        help="sentiment: one prompt per example; ranking: one per candidate (target + negatives)",
+    )  # fmt: skip
+    parser.add_argument("--negatives", type=int, default=19, help="negatives per target (ranking)")
     args = parser.parse_args(argv)
+
+    import numpy as np
 
     from lettingo_dagster.data.samples import LABELS
     from lettingo_dagster.evaluation.examples import ItemText, TargetExample
@@ -60,19 +71,33 @@ def main(argv: list[str] | None = None) -> int:
                 target=ItemText("t", h.items[0].title, h.items[0].year, h.items[0].genres),
                 target_rating=h.items[0].rating,
                 label=h.items[0].label,
-                negatives=(),
+                negatives=tuple(
+                    ItemText(f"n{k}", item.title, item.year, item.genres)
+                    for k, item in enumerate(
+                        histories[(n + 1) % len(histories)].items[: args.negatives]
+                    )
+                )
+                if args.task == "ranking"
+                else (),
                 long_window=h.items[:30],
             )  # fmt: skip
-            for h in histories
+            for n, h in enumerate(histories)
         ]
         profiles = [genre_affinity(e.history()) for e in examples]
         prompts = [
-            recommender.prompt(e, p, e.target) for e, p in zip(examples, profiles, strict=True)
+            recommender.prompt(e, p, item)
+            for e, p in zip(examples, profiles, strict=True)
+            for item in (e.candidates if args.task == "ranking" else (e.target,))
         ]
         model.score_options(prompts[:2], list(LABELS))  # warm-up
 
         began = time.perf_counter()
-        probabilities = recommender.predict_sentiment(examples, profiles)
+        if args.task == "ranking":
+            scores = recommender.score_candidates(examples, profiles)
+            probabilities = np.exp(model.score_options(prompts[:1], list(LABELS)))
+            assert sum(len(s) for s in scores) == len(prompts)
+        else:
+            probabilities = recommender.predict_sentiment(examples, profiles)
         one_pass_s = time.perf_counter() - began
         began = time.perf_counter()
         answers = model.generate(
@@ -83,7 +108,8 @@ def main(argv: list[str] | None = None) -> int:
 
     ratio = generate_s / one_pass_s
     print(
-        f"model {folder}, {len(prompts)} prompts, batch {args.batch_size}, {args.threads} threads"
+        f"model {folder}, task {args.task}, {len(examples)} examples, {len(prompts)} prompts, "
+        f"batch {args.batch_size}, {args.threads} threads"
     )
     print(f"one forward pass:    {one_pass_s:6.2f}s ({len(prompts) / one_pass_s:7.1f} examples/s), "
           f"rows sum to {probabilities.sum(axis=1).mean():.3f}")  # fmt: skip

@@ -259,6 +259,34 @@ def _find_report_table(page, expected_headers: list[list[str]]) -> tuple[bool, s
     )
 
 
+def _find_rendered_plot(page, screenshot: Path) -> bool:
+    """Whether one of the page's Markdown values shows a decoded PNG (inline or behind
+    "[Show Markdown]"); screenshots the first one found."""
+
+    def decoded(images) -> bool:
+        for i in range(images.count()):
+            image = images.nth(i)
+            if image.evaluate("img => img.complete && img.naturalWidth > 0"):
+                image.screenshot(path=screenshot)
+                return True
+        return False
+
+    selector = ".dagster-markdown img[src^='data:image/png']"
+    if decoded(page.locator(selector)):
+        return True
+    buttons = page.get_by_text("[Show Markdown]", exact=True)
+    for i in range(buttons.count()):
+        buttons.nth(i).click()
+        dialog = page.get_by_role("dialog").last
+        dialog.locator(".dagster-markdown").first.wait_for(state="visible", timeout=10_000)
+        if decoded(dialog.locator(selector)):
+            page.keyboard.press("Escape")
+            return True
+        page.keyboard.press("Escape")
+        dialog.wait_for(state="hidden", timeout=10_000)
+    return False
+
+
 def test_ui_shows_asset_graph_and_report(
     ui_home: tuple[dict[str, str], Path], tmp_path: Path
 ) -> None:
@@ -342,6 +370,12 @@ def test_ui_shows_asset_graph_and_report(
                         )
                 saved.append(shots / f"{REPORT_ASSET}.png")
                 page.screenshot(path=saved[-1], full_page=True)
+
+                # The report's plots render as images (PNG data in the Markdown metadata).
+                if not _find_rendered_plot(page, shots / "report_plot.png"):
+                    problems.append(f"no rendered plot image on /assets/{REPORT_ASSET}")
+                else:
+                    saved.append(shots / "report_plot.png")
             finally:
                 browser.close()
     finally:

@@ -73,14 +73,25 @@ def score_pairs(
     keys = [_key(recommender, task, e, p) for e, p in zip(examples, profiles, strict=True)]
 
     def compute(indexes: list[int]) -> list[Any]:
-        chosen_examples = [examples[i] for i in indexes]
-        chosen_profiles = [profiles[i] for i in indexes]
+        # One target's profiles side by side: their prompts share the recent window, which a
+        # local LLM recommender then computes once for all of them (LocalCausalLM.score_options).
+        order = sorted(
+            range(len(indexes)),
+            key=lambda k: (examples[indexes[k]].user_id, examples[indexes[k]].target_index),
+        )
+        chosen_examples = [examples[indexes[k]] for k in order]
+        chosen_profiles = [profiles[indexes[k]] for k in order]
         if task == "sentiment":
-            return recommender.predict_sentiment(chosen_examples, chosen_profiles).tolist()
-        return [
-            scores.tolist()
-            for scores in recommender.score_candidates(chosen_examples, chosen_profiles)
-        ]
+            values = recommender.predict_sentiment(chosen_examples, chosen_profiles).tolist()
+        else:
+            values = [
+                scores.tolist()
+                for scores in recommender.score_candidates(chosen_examples, chosen_profiles)
+            ]
+        restored: list[Any] = [None] * len(indexes)
+        for position, k in enumerate(order):
+            restored[k] = values[position]
+        return restored
 
     return cached_map(
         cache,

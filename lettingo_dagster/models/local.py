@@ -51,6 +51,8 @@ MODEL_FILES = frozenset(
 IGNORED_FILES = frozenset({"training_args.bin", "optimizer.pt", "scheduler.pt", "rng_state.pth"})
 _TRUE = {"1", "true", "yes", "on"}
 
+# Rows sharing at least this many leading tokens are scored from one prefix computation.
+SHARED_PREFIX_MIN_TOKENS = 32
 # (resolved path, size, mtime_ns) -> sha256 of the content: weights are hashed once per process.
 _FILE_HASHES: dict[tuple[str, int, int], str] = {}
 
@@ -213,6 +215,7 @@ class LocalCausalLM(TextModel):
         self._fingerprint: str | None = None
         self._static_cache = True
         self._prefix_cache = True
+        self._shared_prefix = True
         # transformers 5.2x renamed generate's `past_key_values` to `cache`; take what it has.
         parameters = inspect.signature(self.model.forward).parameters
         self._cache_kwarg = "cache" if "cache" in parameters else "past_key_values"
@@ -474,10 +477,63 @@ class LocalCausalLM(TextModel):
         self, encoded: Sequence[list[int]], firsts: Sequence[int]
     ) -> np.ndarray:
         out = np.empty((len(encoded), len(firsts)))
-        for start in range(0, len(encoded), self.batch_size):
-            chunk = encoded[start : start + self.batch_size]
-            log_probs = self._forward(chunk, keep=1)[:, -1, :]
-            out[start : start + len(chunk)] = log_probs[:, list(firsts)].cpu().double().numpy()
+        picked = list(firsts)
+        for rows, shared in _prefix_groups(encoded, SHARED_PREFIX_MIN_TOKENS):
+            if shared and self._shared_prefix:
+                try:
+                    out[rows] = self._shared_prefix_scores(
+                        [encoded[i] for i in rows], shared, picked
+                    )
+                    continue
+                except Exception:  # a model or cache this does not fit: the plain path, for good
+                    self._shared_prefix = False
+            for start in range(0, len(rows), self.batch_size):
+                chunk = rows[start : start + self.batch_size]
+                log_probs = self._forward([encoded[i] for i in chunk], keep=1)[:, -1, :]
+                out[chunk] = log_probs[:, picked].cpu().double().numpy()
+        return out
+
+    def _shared_prefix_scores(
+        self, rows: Sequence[list[int]], shared: int, picked: list[int]
+    ) -> np.ndarray:
+        """Next-token log-probabilities after rows that all begin with the same `shared` tokens:
+        the prefix runs once per batch and its keys and values serve every row, so only the
+        rows' own ends (a candidate item, say) are computed row by row. The ends are left
+        padded after the prefix, masked, with positions that continue the prefix, so every
+        row ends at the last position and only that position's logits are computed."""
+        import torch
+
+        prefix = torch.tensor([rows[0][:shared]], device=self.device)
+        out = np.empty((len(rows), len(picked)))
+        for start in range(0, len(rows), self.batch_size):
+            chunk = rows[start : start + self.batch_size]
+            tails = [row[shared:] for row in chunk]
+            width = max(len(t) for t in tails)
+            ids = torch.full((len(chunk), width), self.tokenizer.pad_token_id, dtype=torch.long)
+            mask = torch.zeros((len(chunk), shared + width), dtype=torch.long)
+            mask[:, :shared] = 1
+            positions = torch.full((len(chunk), width), shared, dtype=torch.long)
+            for r, tail in enumerate(tails):
+                pad = width - len(tail)
+                ids[r, pad:] = torch.tensor(tail)
+                mask[r, shared + pad :] = 1
+                positions[r, pad:] = torch.arange(shared, shared + len(tail))
+            with torch.inference_mode():
+                first = self.model(input_ids=prefix, use_cache=True, logits_to_keep=1)
+                cache = getattr(first, "cache", None) or getattr(first, "past_key_values", None)
+                for layer in cache.layers:  # views, not copies: the next step concatenates anyway
+                    layer.keys = layer.keys.expand(len(chunk), *layer.keys.shape[1:])
+                    layer.values = layer.values.expand(len(chunk), *layer.values.shape[1:])
+                logits = self.model(
+                    input_ids=ids.to(self.device),
+                    attention_mask=mask.to(self.device),
+                    position_ids=positions.to(self.device),
+                    use_cache=True,
+                    logits_to_keep=1,
+                    **{self._cache_kwarg: cache},
+                ).logits
+                log_probs = logits[:, -1].float().log_softmax(-1)
+            out[start : start + len(chunk)] = log_probs[:, picked].cpu().double().numpy()
         return out
 
     def _sequence_scores(
@@ -502,6 +558,43 @@ class LocalCausalLM(TextModel):
                 picked = predicting.gather(-1, _as_index(tokens, predicting.device)).sum()
                 out[i, k] = float(picked)
         return out
+
+
+def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    n = min(len(a), len(b))
+    for k in range(n):
+        if a[k] != b[k]:
+            return k
+    return n
+
+
+def _prefix_groups(
+    encoded: Sequence[Sequence[int]], min_shared: int
+) -> list[tuple[list[int], int]]:
+    """Runs of consecutive rows that begin with the same tokens, each with the length they all
+    share (each row keeps one token of its own); 0 for a row that shares little with its
+    neighbours. A row joins the run when it shares at least `min_shared` tokens and half of the
+    run's first row with that row: one example's candidates (prompts that differ only in the
+    item at the end) form a run, and the next example, which shares only the instructions,
+    starts its own."""
+    groups: list[tuple[list[int], int]] = []
+    start = 0
+    while start < len(encoded):
+        first = encoded[start]
+        needed = max(min_shared, len(first) // 2)
+        end, shared = start + 1, len(first) - 1
+        while end < len(encoded):
+            common = min(_common_prefix(first, encoded[end]), len(encoded[end]) - 1)
+            if common < needed:
+                break
+            shared = min(shared, common)
+            end += 1
+        if end - start > 1:
+            groups.append((list(range(start, end)), shared))
+        else:
+            groups.append(([start], 0))
+        start = end
+    return groups
 
 
 def _as_index(tokens: Sequence[int], device: Any) -> torch.Tensor:

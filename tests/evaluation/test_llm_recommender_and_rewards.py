@@ -84,6 +84,28 @@ def test_candidates_are_scored_target_first(tiny_model: LocalCausalLM) -> None:
     assert [len(s) for s in scores] == [5, 5, 5] and all(np.isfinite(s).all() for s in scores)
 
 
+def test_shared_prefix_scoring_equals_scoring_each_prompt_alone(
+    tiny_model: LocalCausalLM,
+) -> None:
+    """Candidates of one example share everything up to the item: scored from one prefix, the
+    label probabilities are those of each prompt scored alone."""
+    from lettingo_dagster.models.local import SHARED_PREFIX_MIN_TOKENS, _prefix_groups
+
+    recommender = LLMRecommender(tiny_model)
+    prompts = [
+        recommender.prompt(e, profile, item)
+        for e, profile in zip(EXAMPLES, ["Loves horror.", None, "Dramas, slowly."], strict=True)
+        for item in e.candidates
+    ]
+    encoded = [tiny_model.prompt_ids(p) for p in prompts]
+    groups = _prefix_groups(encoded, SHARED_PREFIX_MIN_TOKENS)
+    assert sum(len(rows) for rows, shared in groups if shared) == len(prompts)
+    shared = tiny_model.score_options(prompts, list(LABELS))
+    alone = np.vstack([tiny_model.score_options([p], list(LABELS)) for p in prompts])
+    np.testing.assert_allclose(shared, alone, atol=1e-4)
+    assert tiny_model._shared_prefix  # the fast path ran, it did not fall back
+
+
 def test_outcomes() -> None:
     example = EXAMPLES[0]  # label like
     assert outcome("sentiment", example, [0.1, 0.2, 0.7]) == ("like", True, pytest.approx(0.7))
