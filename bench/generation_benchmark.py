@@ -103,8 +103,9 @@ def main(argv: list[str] | None = None) -> int:
         "--items", type=int, default=30, help="history items per prompt (the long window)"
     )
     parser.add_argument(
-        "--max-new-tokens", type=int, default=128, help="the presets' default profile length"
-    )
+        "--max-new-tokens", type=int, default=96,
+        help="profile length limit (the default preset's base-generator explorer: 96)",
+    )  # fmt: skip
     parser.add_argument("--batch-size", type=int, default=32, help="rows per batched forward")
     parser.add_argument("--threads", type=int, default=2, help="torch threads")
     args = parser.parse_args(argv)
