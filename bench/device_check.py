@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
 import subprocess
 import sys
 import tempfile
@@ -31,7 +30,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-GENRES = ("Action", "Comedy", "Drama", "Horror", "Romance", "Sci-Fi", "Thriller")
 CI_SIZES = {
     "vocab_size": 1000,
     "hidden_size": 64,
@@ -46,33 +44,6 @@ CI_SIZES = {
 DEFAULT_SIZES = {  # BaseGeneratorSettings' defaults: 128 wide, 4 layers, 8 heads, vocab 4000
     "epochs": 2,
 }
-
-
-def make_histories(users: int, items: int, seed: int = 0, split: str = "train"):
-    """Users who like two genres each (the same recipe as tests/exploration)."""
-    from lettingo_dagster.exploration.history import RatedItem, UserHistory
-
-    rng = random.Random(seed)
-    histories = []
-    for user in range(users):
-        liked = set(rng.sample(GENRES, 2))
-        rated = []
-        for k in range(items):
-            genres = tuple(rng.sample(GENRES, rng.randint(1, 2)))
-            rating = float(rng.choice((4, 5)) if liked & set(genres) else rng.choice((1, 2, 3)))
-            label = "like" if rating >= 4 else "dislike" if rating <= 2 else "neutral"
-            rated.append(
-                RatedItem(
-                    item_id=str(k),
-                    title=f"Movie {rng.randint(1, 60)}",
-                    year=1950 + rng.randint(0, 49),
-                    genres=genres,
-                    rating=rating,
-                    label=label,
-                )
-            )
-        histories.append(UserHistory(user_id=f"{split}{user}", split=split, items=tuple(rated)))
-    return histories
 
 
 def pair_frame(histories, template, specials):
@@ -111,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from lettingo_dagster.exploration import base_generator as bg
     from lettingo_dagster.exploration.prompts import load_template
+    from lettingo_dagster.exploration.synthetic import genre_lover_histories
     from lettingo_dagster.models.base import Decoding
     from lettingo_dagster.models.local import LocalCausalLM
     from lettingo_dagster.settings import BaseGeneratorSettings, load_preset
@@ -134,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     scratch = Path(tempfile.mkdtemp(prefix="device-check-"))
     template = load_template("exploration_compact")
     users, items = (12, 10) if tiny else (400, 20)
-    histories = make_histories(users, items, seed=1)
+    histories = genre_lover_histories(users, items, seed=1)
     examples = bg.training_examples(histories, template)
     print(f"{len(histories)} histories x {items} items -> {len(examples)} examples", flush=True)
 
@@ -258,8 +230,10 @@ def main(argv: list[str] | None = None) -> int:
         from lettingo_dagster.alignment.dpo import DpoJob, train_dpo, write_pair_file
 
         n_train, n_heldout = (24, 8) if tiny else (256, 64)
-        train_hist = make_histories(n_train, items, seed=11)
-        heldout_hist = make_histories(n_heldout, items, seed=12, split="calibration")
+        train_hist = genre_lover_histories(n_train, items, seed=11)
+        heldout_hist = genre_lover_histories(
+            n_heldout, items, seed=12, split="calibration", user_prefix="calibration"
+        )
         train_file = write_pair_file(
             pair_frame(train_hist, template, bg.SPECIAL_TOKENS), policy, scratch / "train.parquet"
         )

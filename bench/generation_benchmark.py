@@ -48,15 +48,19 @@ WORDS = (
 
 
 def synthetic_histories(users: int, items: int, seed: int = 0):
+    """Uniform ratings of items with random titles: prompts of realistic length and vocabulary."""
+    from lettingo_dagster.data.samples import rating_label
     from lettingo_dagster.exploration.history import RatedItem, UserHistory
+    from lettingo_dagster.settings import TaskSettings
 
     rng = random.Random(seed)
+    labels = TaskSettings()
     histories = []
     for user in range(users):
         rated = []
         for k in range(items):
             rating = float(rng.randint(1, 5))
-            label = "like" if rating >= 4 else "dislike" if rating <= 2 else "neutral"
+            label = rating_label(rating, labels)
             title = " ".join(rng.sample(WORDS, rng.randint(1, 3)))
             genres = tuple(rng.sample(GENRES, rng.randint(1, 3)))
             rated.append(RatedItem(str(k), title, rng.randint(1930, 1998), genres, rating, label))
@@ -87,6 +91,16 @@ def build_random_model(folder: Path) -> None:
     tokenizer.save_pretrained(folder)
 
 
+def bench_model(folder: Path | None, scratch: Path, threads: int, batch_size: int):
+    """The model under test on CPU: `folder`, or a random default-size one built in `scratch`."""
+    from lettingo_dagster.models.local import LocalCausalLM
+
+    if folder is None:
+        folder = scratch / "model"
+        build_random_model(folder)
+    return LocalCausalLM(folder, torch_threads=threads, batch_size=batch_size, device="cpu")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -112,17 +126,11 @@ def main(argv: list[str] | None = None) -> int:
 
     from lettingo_dagster.exploration.prompts import load_template
     from lettingo_dagster.models.base import Decoding
-    from lettingo_dagster.models.local import LocalCausalLM
     from lettingo_dagster.settings import load_preset
 
     with tempfile.TemporaryDirectory(prefix="generation-bench-") as scratch:
-        folder = args.model
-        if folder is None:
-            folder = Path(scratch) / "model"
-            build_random_model(folder)
-        model = LocalCausalLM(
-            folder, torch_threads=args.threads, batch_size=args.batch_size, device="cpu"
-        )
+        model = bench_model(args.model, Path(scratch), args.threads, args.batch_size)
+        folder = model.path
         template = load_template(load_preset("default").base_generator.prompt_template)
         histories = synthetic_histories(args.prompts, args.items, seed=2)
         prompts = [template.render(h, model.tokenizer.all_special_tokens) for h in histories]

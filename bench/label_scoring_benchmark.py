@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from generation_benchmark import build_random_model, synthetic_histories  # noqa: E402
+from generation_benchmark import bench_model, synthetic_histories  # noqa: E402
 
 TARGET_SPEEDUP = 5.0
 
@@ -49,17 +49,11 @@ def main(argv: list[str] | None = None) -> int:
     from lettingo_dagster.evaluation.llm_recommender import LLMRecommender
     from lettingo_dagster.exploration.writers import genre_affinity
     from lettingo_dagster.models.base import Decoding
-    from lettingo_dagster.models.local import LocalCausalLM
     from lettingo_dagster.models.openai_compat import parse_option
 
     with tempfile.TemporaryDirectory(prefix="label-bench-") as scratch:
-        folder = args.model
-        if folder is None:
-            folder = Path(scratch) / "model"
-            build_random_model(folder)
-        model = LocalCausalLM(
-            folder, torch_threads=args.threads, batch_size=args.batch_size, device="cpu"
-        )
+        model = bench_model(args.model, Path(scratch), args.threads, args.batch_size)
+        folder = model.path
         recommender = LLMRecommender(model)
         histories = synthetic_histories(args.examples, 40, seed=3)
         examples = [

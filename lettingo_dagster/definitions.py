@@ -10,7 +10,8 @@ import dagster as dg
 
 from lettingo_dagster.alignment.assets import alignment_assets
 from lettingo_dagster.automation import automation_jobs, automation_sensors
-from lettingo_dagster.data.assets import data_assets, dataset_partitions
+from lettingo_dagster.data.assets import data_assets
+from lettingo_dagster.dataset_assets import dataset_partitions
 from lettingo_dagster.evaluation.assets import evaluation_assets
 from lettingo_dagster.exploration.assets import exploration_assets
 from lettingo_dagster.report.assets import report_assets

@@ -14,7 +14,7 @@ from pydantic import Field
 
 from lettingo_dagster.alignment.pairs import PAIR_COLUMNS, PairOptions, build_pairs, pair_summary
 from lettingo_dagster.checks import check_results, check_specs
-from lettingo_dagster.data.assets import OWNERS, dataset_partitions
+from lettingo_dagster.dataset_assets import dataset_asset
 from lettingo_dagster.exploration.base_generator import SPECIAL_TOKENS
 from lettingo_dagster.exploration.history import load_long_windows
 from lettingo_dagster.exploration.prompts import load_template
@@ -72,14 +72,11 @@ def pair_frames(pairs: pd.DataFrame) -> dict[str, pd.DataFrame]:
     return {"pairs": frame, "train_pairs": frame[frame["split"] == "train"].reset_index(drop=True)}
 
 
-@dg.asset(
+@dataset_asset(
     key="preference_pairs",
-    partitions_def=dataset_partitions,
     group_name="alignment",
     kinds={"duckdb"},
-    owners=OWNERS,
     pool="duckdb",
-    code_version="1",
     deps=["reward_scores", "sampled_profiles"],
     description=(
         "Stage 3 input: every (better, worse) pair of a user's candidate profiles whose binary "
@@ -275,14 +272,11 @@ def _launch_command(job_file: Path, processes: int) -> list[str]:
     ]  # fmt: skip
 
 
-@dg.asset(
+@dataset_asset(
     key="dpo_checkpoint",
-    partitions_def=dataset_partitions,
     group_name="alignment",
     kinds={"pytorch", "mlflow"},
-    owners=OWNERS,
     pool="gpu",
-    code_version="1",
     deps=["preference_pairs"],
     description=(
         "Stage 3 of LettinGo: the profile generator aligned with DPO (TRL's DPOTrainer) on the "

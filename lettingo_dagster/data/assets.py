@@ -21,9 +21,10 @@ from lettingo_dagster.data.rules import (
     task_sample_rules,
 )
 from lettingo_dagster.data.samples import LABELS, SPLITS, TASK_SAMPLE_COLUMNS, build_task_samples
+from lettingo_dagster.dataset_assets import dataset_asset
 from lettingo_dagster.paths import data_cache_dir, landing_dir
 from lettingo_dagster.quality import validate_rules
-from lettingo_dagster.registry import DatasetEntry, get_dataset, load_registry
+from lettingo_dagster.registry import DatasetEntry, get_dataset
 from lettingo_dagster.resources import SettingsResource, Warehouse
 from lettingo_dagster.settings import active_preset
 from lettingo_dagster.storage import (
@@ -33,7 +34,6 @@ from lettingo_dagster.storage import (
     replace_partition_from_frame,
 )
 
-OWNERS = ["team:lettingo"]
 INTERACTION_COLUMNS = {
     "dataset": "VARCHAR",
     "user_id": "VARCHAR",
@@ -49,8 +49,6 @@ ITEM_COLUMNS = {
     "genres": "VARCHAR",
     "description": "VARCHAR",
 }
-
-dataset_partitions = dg.StaticPartitionsDefinition(sorted(load_registry()))
 
 
 def _table_schema(columns: dict[str, str]) -> dg.TableSchema:
@@ -116,14 +114,11 @@ def _load_failure(exc: Exception) -> dg.Failure:
     return dg.Failure(description=str(exc))
 
 
-@dg.asset(
+@dataset_asset(
     key="interactions",
-    partitions_def=dataset_partitions,
     group_name="data",
     kinds={"duckdb"},
-    owners=OWNERS,
     pool="duckdb",
-    code_version="1",
     description=(
         "Every (user, item, rating, timestamp) of one dataset, loaded in the registry's format "
         "from the run config's source_file, else the newest file in the dataset's landing "
@@ -202,14 +197,11 @@ def interactions(
     )
 
 
-@dg.asset(
+@dataset_asset(
     key="items",
-    partitions_def=dataset_partitions,
     group_name="data",
     kinds={"duckdb"},
-    owners=OWNERS,
     pool="duckdb",
-    code_version="1",
     description=(
         "Item text normalized across formats: title, year, genres or categories, description. "
         "Empty for a dataset whose registry entry has no items file."
@@ -288,14 +280,11 @@ def _label_distribution(samples: pd.DataFrame) -> pd.DataFrame:
     return table.reset_index()
 
 
-@dg.asset(
+@dataset_asset(
     key="task_samples",
-    partitions_def=dataset_partitions,
     group_name="data",
     kinds={"duckdb", "python"},
-    owners=OWNERS,
     pool="duckdb",
-    code_version="1",
     deps=["interactions", "items"],
     description=(
         "One row per (eligible user, target): the user's last T interactions are targets, each "

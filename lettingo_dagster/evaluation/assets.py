@@ -11,7 +11,7 @@ from typing import Any
 import dagster as dg
 import pandas as pd
 
-from lettingo_dagster.data.assets import OWNERS, dataset_partitions
+from lettingo_dagster.dataset_assets import dataset_asset
 from lettingo_dagster.evaluation.examples import TargetExample, load_target_examples
 from lettingo_dagster.evaluation.recommender import Recommender
 from lettingo_dagster.models.cache import ChunkProgress, ModelCallCache
@@ -51,14 +51,11 @@ def _figures_table(figures: dict[str, float]) -> pd.DataFrame:
     return pd.DataFrame.from_dict(rows, orient="index").rename_axis("profile").reset_index()
 
 
-@dg.asset(
+@dataset_asset(
     key="recommender",
-    partitions_def=dataset_partitions,
     group_name="evaluation",
     kinds={"scikitlearn", "pytorch"},
-    owners=OWNERS,
     pool="gpu",
-    code_version="1",
     deps=["task_samples"],
     description=(
         "The frozen recommender that scores profiles (stage 2). offline: all-MiniLM-L6-v2 "
@@ -122,14 +119,11 @@ def recommender(
     )
 
 
-@dg.asset(
+@dataset_asset(
     key="oracle_study",
-    partitions_def=dataset_partitions,
     group_name="evaluation",
     kinds={"scikitlearn"},
-    owners=OWNERS,
     pool="gpu",
-    code_version="1",
     deps=["task_samples"],
     description=(
         "How much could a profile add at all? On calibration users (cross-fitted), the "
@@ -193,14 +187,11 @@ def examples_by_user(examples: list[TargetExample]) -> dict[str, list[TargetExam
     return grouped
 
 
-@dg.asset(
+@dataset_asset(
     key="reward_scores",
-    partitions_def=dataset_partitions,
     group_name="evaluation",
     kinds={"duckdb"},
-    owners=OWNERS,
     pool="duckdb",
-    code_version="1",
     deps=["sampled_profiles", "task_samples"],
     description=(
         "Stage 2 of LettinGo: every candidate profile scored by the frozen recommender on all of "

@@ -276,16 +276,21 @@ class _Featurizer:
             self._anchors = self.encoder.encode([_POSITIVE_ANCHOR, _NEGATIVE_ANCHOR])
         return self._anchors
 
-    def fit_space(self, examples: Sequence[TargetExample], profile_texts: Sequence[str]) -> _Space:
+    def items_read(self, examples: Sequence[TargetExample]) -> dict[str, ItemText | RatedItem]:
+        """Every item the features read, by id: recent windows and candidates, and the long
+        windows too for the oracle."""
         items: dict[str, ItemText | RatedItem] = {}
-        genres: set[str] = set()
         for example in examples:
             windows = (*example.recent, *example.candidates)
             if self.config.oracle_long_window:
                 windows = (*windows, *example.long_window)
             for item in windows:
                 items.setdefault(item.item_id, item)
-                genres.update(item.genres)
+        return items
+
+    def fit_space(self, examples: Sequence[TargetExample], profile_texts: Sequence[str]) -> _Space:
+        items = self.items_read(examples)
+        genres = {genre for item in items.values() for genre in item.genres}
         item_matrix = self.encoder.encode([item_text(i) for i in items.values()])
         segments = sorted(
             {s for t in profile_texts for s in profile_segments(t, self.config.max_segments)}
@@ -476,13 +481,7 @@ class _Featurizer:
 
     def prefetch(self, examples: Sequence[TargetExample], profiles: Sequence[str | None]) -> None:
         """Encode every text in one batched pass (the cache then serves the per-example loop)."""
-        items: dict[str, ItemText | RatedItem] = {}
-        for example in examples:
-            windows = (*example.recent, *example.candidates)
-            if self.config.oracle_long_window:
-                windows = (*windows, *example.long_window)
-            for item in windows:
-                items.setdefault(item.item_id, item)
+        items = self.items_read(examples)
         texts = [item_text(i) for i in items.values()]
         texts += sorted(
             {s for p in profiles for s in profile_segments(p, self.config.max_segments)}

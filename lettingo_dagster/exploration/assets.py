@@ -13,7 +13,7 @@ import dagster as dg
 import pandas as pd
 
 from lettingo_dagster.checks import check_results, check_specs
-from lettingo_dagster.data.assets import OWNERS, dataset_partitions
+from lettingo_dagster.dataset_assets import dataset_asset
 from lettingo_dagster.exploration.explorers import (
     build_model,
     model_candidates,
@@ -59,14 +59,11 @@ def _loss_table(curve: list[tuple[int, float]], rows: int = 12) -> pd.DataFrame:
     return pd.DataFrame(picked, columns=["step", "loss"]).round(4)
 
 
-@dg.asset(
+@dataset_asset(
     key="base_generator",
-    partitions_def=dataset_partitions,
     group_name="exploration",
     kinds={"pytorch", "transformers"},
-    owners=OWNERS,
     pool="gpu",
-    code_version="1",
     deps=["task_samples"],
     description=(
         "The project's own small Llama-architecture causal LM with a tokenizer trained on the "
@@ -152,14 +149,11 @@ def base_generator(
     )
 
 
-@dg.asset(
+@dataset_asset(
     key="sampled_profiles",
-    partitions_def=dataset_partitions,
     group_name="exploration",
     kinds={"duckdb", "pytorch"},
-    owners=OWNERS,
     pool="duckdb",
-    code_version="1",
     deps=["task_samples"],
     description=(
         "Stage 1 of LettinGo: candidate profiles of every train and calibration user from every "

@@ -13,7 +13,7 @@ from typing import Any
 import dagster as dg
 import pandas as pd
 
-from lettingo_dagster.data.assets import OWNERS, dataset_partitions
+from lettingo_dagster.dataset_assets import dataset_asset
 from lettingo_dagster.evaluation.assets import load_recommender
 from lettingo_dagster.evaluation.examples import load_target_examples
 from lettingo_dagster.exploration.explorers import model_candidates, template_name
@@ -52,14 +52,11 @@ def _policy_explorer(preset: Preset):
     return next(e for e in preset.exploration.explorers if e.name == preset.dpo.policy)
 
 
-@dg.asset(
+@dataset_asset(
     key="heldout_profiles",
-    partitions_def=dataset_partitions,
     group_name="report",
     kinds={"duckdb", "pytorch"},
-    owners=OWNERS,
     pool="duckdb",
-    code_version="1",
     deps=["task_samples"],
     description=(
         "Profiles of the held-out test users, written with the same decoding by the generator "
@@ -216,14 +213,11 @@ def _registration(dpo_checkpoint: str) -> dict[str, Any]:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
-@dg.asset(
+@dataset_asset(
     key="evaluation_report",
-    partitions_def=dataset_partitions,
     group_name="report",
     kinds={"python", "mlflow"},
-    owners=OWNERS,
     pool="gpu",
-    code_version="1",
     deps=["heldout_profiles", "task_samples"],
     description=(
         "The evaluation on held-out test users (all targets): recent window only, + raw long "

@@ -9,13 +9,12 @@ from pathlib import Path
 import pytest
 
 from lettingo_dagster.exploration import base_generator as bg
-from lettingo_dagster.exploration.history import RatedItem, UserHistory
 from lettingo_dagster.exploration.prompts import load_template
+from lettingo_dagster.exploration.synthetic import genre_lover_histories
 from lettingo_dagster.exploration.writers import WRITERS
 from lettingo_dagster.models.base import ChatPrompt, Decoding
 from lettingo_dagster.settings import BaseGeneratorSettings
 
-GENRES = ("Action", "Comedy", "Drama", "Horror", "Romance", "Sci-Fi", "Thriller")
 TINY = {
     "vocab_size": 400,
     "hidden_size": 32,
@@ -29,33 +28,6 @@ TINY = {
 }
 
 
-def make_histories(
-    users: int, items: int, seed: int = 0, split: str = "train"
-) -> list[UserHistory]:
-    """Users who like two genres each, rated the way tests/synthetic.py rates them."""
-    rng = random.Random(seed)
-    histories = []
-    for user in range(users):
-        liked = set(rng.sample(GENRES, 2))
-        rated = []
-        for k in range(items):
-            genres = tuple(rng.sample(GENRES, rng.randint(1, 2)))
-            rating = float(rng.choice((4, 5)) if liked & set(genres) else rng.choice((1, 2, 3)))
-            label = "like" if rating >= 4 else "dislike" if rating <= 2 else "neutral"
-            rated.append(
-                RatedItem(
-                    item_id=str(k),
-                    title=f"Movie {rng.randint(1, 60)}",
-                    year=1950 + rng.randint(0, 49),
-                    genres=genres,
-                    rating=rating,
-                    label=label,
-                )
-            )
-        histories.append(UserHistory(user_id=f"u{user}", split=split, items=tuple(rated)))
-    return histories
-
-
 @pytest.fixture(scope="module")
 def template():
     return load_template("exploration_compact")
@@ -63,7 +35,7 @@ def template():
 
 @pytest.fixture(scope="module")
 def examples(template):
-    return bg.training_examples(make_histories(10, 12), template)
+    return bg.training_examples(genre_lover_histories(10, 12), template)
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +44,7 @@ def tokenizer(examples):
 
 
 def test_training_examples_cover_every_style_with_one_prompt_per_user(template):
-    histories = make_histories(3, 8)
+    histories = genre_lover_histories(3, 8)
     examples = bg.training_examples(histories, template)
     assert len(examples) == 3 * len(WRITERS)
     assert [style for _, _, style in examples[: len(WRITERS)]] == list(WRITERS)
@@ -170,8 +142,8 @@ def test_batches_cover_each_group_once_sorted_by_length():
 
 
 def test_pretrain_reduces_loss_saves_and_samples(tmp_path: Path, template):
-    histories = make_histories(12, 10, seed=1)
-    long_users = make_histories(2, 120, seed=2)  # far beyond max_positions
+    histories = genre_lover_histories(12, 10, seed=1)
+    long_users = genre_lover_histories(2, 120, seed=2)  # far beyond max_positions
     examples = bg.training_examples(histories + long_users, template)
     settings = BaseGeneratorSettings(**{**TINY, "max_positions": 1024, "epochs": 4})
     lines: list[str] = []
@@ -200,7 +172,7 @@ def test_pretrain_reduces_loss_saves_and_samples(tmp_path: Path, template):
 
 
 def test_pretrain_with_nothing_that_fits_fails_clearly(tmp_path: Path, template):
-    examples = bg.training_examples(make_histories(1, 120), template)
+    examples = bg.training_examples(genre_lover_histories(1, 120), template)
     settings = BaseGeneratorSettings(**{**TINY, "max_positions": 64})
     with pytest.raises(ValueError, match="max_positions=64"):
         bg.pretrain(examples, settings, tmp_path, log=lambda _: None)
