@@ -53,6 +53,9 @@ _TRUE = {"1", "true", "yes", "on"}
 
 # Rows sharing at least this many leading tokens are scored from one prefix computation.
 SHARED_PREFIX_MIN_TOKENS = 32
+# A decoding batch drops its finished rows once they are this share of it: dropping copies the
+# KV cache, so dropping each row as it finishes would cost more than it saves.
+COMPACT_FINISHED_SHARE = 0.25
 # (resolved path, size, mtime_ns) -> sha256 of the content: weights are hashed once per process.
 _FILE_HASHES: dict[tuple[str, int, int], str] = {}
 
@@ -121,9 +124,9 @@ def _left_pad(
 
 
 class _SeededSampler:
-    """A logits processor that samples each row with the row's own generator (temperature,
-    then nucleus) and leaves only the drawn token, so greedy decoding takes it. Generators live
-    on the CPU, so a row draws the same numbers on every device."""
+    """Samples each row with the row's own generator (temperature, then nucleus). Generators
+    live on the CPU, so a row draws the same numbers on every device. As a logits processor it
+    leaves only the drawn token, so `generate`'s greedy decoding takes it."""
 
     def __init__(self, seeds: Sequence[int], temperature: float, top_p: float) -> None:
         import torch
@@ -132,7 +135,8 @@ class _SeededSampler:
         self.temperature = temperature
         self.top_p = top_p
 
-    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+    def draw(self, scores: torch.Tensor, rows: Sequence[int]) -> torch.Tensor:
+        """One token per row of `scores`; `rows` names each one's generator."""
         import torch
 
         logits = scores.float() / self.temperature
@@ -144,12 +148,19 @@ class _SeededSampler:
             sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
             logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
         cdf = logits.softmax(-1).cumsum(-1)
-        draws = torch.stack([torch.rand((), generator=g) for g in self.generators]).to(cdf.device)
+        draws = torch.stack([torch.rand((), generator=self.generators[r]) for r in rows])
         # Inverse CDF: the first token whose cumulative mass exceeds the draw (never a 0-mass one).
-        chosen = torch.searchsorted(cdf, (draws * cdf[:, -1]).unsqueeze(-1), right=True)
-        chosen = chosen.clamp(max=cdf.shape[-1] - 1)
+        chosen = torch.searchsorted(
+            cdf, (draws.to(cdf.device) * cdf[:, -1]).unsqueeze(-1), right=True
+        )
+        return chosen.clamp(max=cdf.shape[-1] - 1).squeeze(-1)
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        import torch
+
+        chosen = self.draw(scores, range(len(self.generators)))
         out = torch.full_like(scores, float("-inf"))
-        return out.scatter(-1, chosen, 0.0)
+        return out.scatter(-1, chosen.unsqueeze(-1), 0.0)
 
 
 class LocalCausalLM(TextModel):
@@ -216,6 +227,7 @@ class LocalCausalLM(TextModel):
         self._static_cache = True
         self._prefix_cache = True
         self._shared_prefix = True
+        self._own_decode = True
         # transformers 5.2x renamed generate's `past_key_values` to `cache`; take what it has.
         parameters = inspect.signature(self.model.forward).parameters
         self._cache_kwarg = "cache" if "cache" in parameters else "past_key_values"
@@ -314,16 +326,89 @@ class LocalCausalLM(TextModel):
         results: list[list[Generation | None]] = [[None] * num_samples for _ in prompts]
         for start in range(0, len(rows), self.batch_size):
             batch = rows[start : start + self.batch_size]
-            ids, mask, _ = _left_pad([encoded[i] for i, _ in batch], self.tokenizer.pad_token_id)
             seeds = [_row_seed(decoding.seed, j, prompts[i]) for i, j in batch]
             began = time.perf_counter()
-            prefix = self._prefilled_cache([encoded[i] for i, _ in batch], decoding.max_new_tokens)
-            output = self._generate_batch(ids, mask, decoding, seeds, prefix)
+            new_tokens = self._generate_rows([encoded[i] for i, _ in batch], decoding, seeds)
             seconds = (time.perf_counter() - began) / len(batch)
-            new_tokens = output[:, ids.shape[1] :].tolist()
             for (i, j), tokens in zip(batch, new_tokens, strict=True):
                 results[i][j] = self._generation(tokens, len(encoded[i]), seconds)
         return [[g for g in row if g is not None] for row in results]
+
+    def _generate_rows(
+        self, rows: Sequence[list[int]], decoding: Decoding, seeds: Sequence[int]
+    ) -> list[list[int]]:
+        """Each row's new tokens: decoded by `_decode` from a prefilled cache, or where that
+        does not fit this model, by `model.generate`."""
+        if self._own_decode:
+            prefix = self._prefilled_cache(rows, decoding.max_new_tokens)
+            if prefix is not None:
+                try:
+                    return self._decode(rows, prefix, decoding, seeds)
+                except Exception:  # a model or cache this does not fit: generate, for good
+                    self._own_decode = False
+        ids, mask, _ = _left_pad(rows, self.tokenizer.pad_token_id)
+        prefix = self._prefilled_cache(rows, decoding.max_new_tokens)
+        output = self._generate_batch(ids, mask, decoding, seeds, prefix)
+        return output[:, ids.shape[1] :].tolist()
+
+    def _decode(
+        self, rows: Sequence[list[int]], cache: Any, decoding: Decoding, seeds: Sequence[int]
+    ) -> list[list[int]]:
+        """Token by token from a cache holding the rows' prompts but their last tokens (see
+        `_prefilled_cache`); each row's tokens up to and including its EOS.
+
+        Unlike `generate`, which computes every row until the longest is done, a batch drops
+        its finished rows (and their keys and values) once they are a share of it: profiles
+        differ a lot in length, so most late steps would otherwise compute finished rows.
+        Sampling is row by row as in `generate` (`_SeededSampler`), so both give the same
+        tokens.
+        """
+        import torch
+
+        width = max(len(row) for row in rows) - 1
+        steps = decoding.max_new_tokens
+        mask = torch.zeros((len(rows), width + steps), dtype=torch.long, device=self.device)
+        for r, row in enumerate(rows):
+            mask[r, width - len(row) + 1 : width] = 1
+        tokens = torch.tensor([row[-1:] for row in rows], device=self.device)
+        positions = torch.tensor([[len(row) - 1] for row in rows], device=self.device)
+        sampler = (
+            _SeededSampler(seeds, decoding.temperature, decoding.top_p)
+            if decoding.temperature > 0
+            else None
+        )
+        out: list[list[int]] = [[] for _ in rows]
+        live = list(range(len(rows)))  # the row each batch position decodes
+        finished = [False] * len(live)
+        with torch.inference_mode():
+            for step in range(steps):
+                mask[:, width + step] = 1
+                logits = self.model(
+                    input_ids=tokens,
+                    attention_mask=mask[:, : width + step + 1],
+                    position_ids=positions,
+                    use_cache=True,
+                    logits_to_keep=1,
+                    **{self._cache_kwarg: cache},
+                ).logits[:, -1]
+                chosen = sampler.draw(logits, live) if sampler else logits.argmax(-1)
+                for k, token in enumerate(chosen.tolist()):
+                    if not finished[k]:
+                        out[live[k]].append(token)
+                        finished[k] = token in self.eos_ids
+                if all(finished):
+                    break
+                if sum(finished) >= COMPACT_FINISHED_SHARE * len(live):
+                    keep = torch.tensor(
+                        [k for k, done in enumerate(finished) if not done], device=self.device
+                    )
+                    _drop_rows(cache, keep)
+                    mask, chosen, positions = mask[keep], chosen[keep], positions[keep]
+                    live = [live[k] for k in keep.tolist()]
+                    finished = [False] * len(live)
+                tokens = chosen.unsqueeze(-1)
+                positions = positions + 1
+        return out
 
     def _prefilled_cache(self, rows: Sequence[list[int]], max_new_tokens: int) -> Any | None:
         """A static KV cache holding every row's prompt but its last token, left padded, or None
@@ -347,8 +432,10 @@ class LocalCausalLM(TextModel):
                     key = tuple(row[:-1])
                     if key in per_prompt:
                         continue
-                    out = self.model(
-                        input_ids=torch.tensor([key], device=self.device), use_cache=True
+                    out = self.model(  # logits for every position were a third of a prefill's work
+                        input_ids=torch.tensor([key], device=self.device),
+                        use_cache=True,
+                        logits_to_keep=1,
                     )
                     cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
                     layers = [(layer.keys, layer.values) for layer in cache.layers]
@@ -595,6 +682,13 @@ def _prefix_groups(
             groups.append(([start], 0))
         start = end
     return groups
+
+
+def _drop_rows(cache: Any, keep: torch.Tensor) -> None:
+    """Keep only the batch rows `keep` of every layer of a KV cache."""
+    for layer in cache.layers:
+        layer.keys = layer.keys.index_select(0, keep)
+        layer.values = layer.values.index_select(0, keep)
 
 
 def _as_index(tokens: Sequence[int], device: Any) -> torch.Tensor:

@@ -125,28 +125,70 @@ def test_samples_do_not_depend_on_the_batch(lm: LocalCausalLM):
     ]
 
 
-def test_shared_prefix_and_static_cache_match_plain_generate(folders):
-    """The fast paths (one prefill per prompt copied into a static cache; a static cache) give
-    the samples plain `generate` with its dynamic cache gives."""
+def test_fast_paths_match_plain_generate(folders):
+    """The fast paths (one prefill per prompt copied into a static cache, then the own decoding
+    loop) give the samples plain `generate` with its dynamic cache gives."""
     fast = LocalCausalLM(folders["chat"], batch_size=8)
     plain = LocalCausalLM(folders["chat"], batch_size=8)
-    plain._prefix_cache = plain._static_cache = False
+    plain._own_decode = plain._prefix_cache = plain._static_cache = False
     for decoding in (Decoding(max_new_tokens=8, seed=4), Decoding(temperature=0, max_new_tokens=8)):
         assert _texts_of(fast.generate(PROMPTS, decoding, 3)) == _texts_of(
             plain.generate(PROMPTS, decoding, 3)
         )
-    assert fast._prefix_cache and fast._static_cache  # no silent fallback happened
+    assert fast._own_decode and fast._prefix_cache  # no silent fallback happened
+
+
+def test_finished_rows_leave_the_batch_and_samples_stay_the_same(
+    folders, monkeypatch: pytest.MonkeyPatch
+):
+    """Rows that stop early are dropped from the decoding batch (with their cached keys and
+    values); the rows left decode exactly as they would in `generate`, which keeps them all."""
+    import lettingo_dagster.models.local as local
+
+    fast = LocalCausalLM(folders["chat"], batch_size=12)
+    plain = LocalCausalLM(folders["chat"], batch_size=12)
+    plain._own_decode = False
+    for model in (fast, plain):  # peaky attention, so each row's cached keys matter
+        for layer in model.model.model.layers:
+            layer.self_attn.q_proj.weight.mul_(30.0)
+    decoding = Decoding(temperature=1.0, max_new_tokens=24, seed=9)
+    # Common tokens as stop tokens, so the rows stop at many different steps.
+    free = plain.generate(PROMPTS, decoding, 2)
+    drawn = [
+        plain.tokenizer(g.text, add_special_tokens=False)["input_ids"] for r in free for g in r
+    ]
+    stops = {tokens[3] for tokens in drawn if len(tokens) > 6}
+    assert len(stops) >= 2
+    for model in (fast, plain):
+        model.eos_ids = frozenset(stops | set(model.eos_ids))
+
+    batch_sizes: list[list[int]] = []
+    original = local._drop_rows
+
+    def recording(cache, keep):
+        batch_sizes.append([cache.layers[0].keys.shape[0], len(keep)])
+        original(cache, keep)
+
+    monkeypatch.setattr(local, "_drop_rows", recording)
+    ours, theirs = fast.generate(PROMPTS, decoding, 2), plain.generate(PROMPTS, decoding, 2)
+    assert _texts_of(ours) == _texts_of(theirs)
+    assert [[g.completion_tokens for g in r] for r in ours] == [
+        [g.completion_tokens for g in r] for r in theirs
+    ]
+    lengths = {g.completion_tokens for r in ours for g in r}
+    assert len(lengths) >= 3  # rows did stop at different steps
+    assert batch_sizes and all(kept < rows for rows, kept in batch_sizes)
 
 
 def test_rows_are_batched_prompt_times_samples(lm: LocalCausalLM, monkeypatch: pytest.MonkeyPatch):
     batch_rows: list[int] = []
-    original = lm.model.generate
+    original = lm._generate_rows
 
-    def recording(*args, **kwargs):
-        batch_rows.append(kwargs["input_ids"].shape[0])
-        return original(*args, **kwargs)
+    def recording(rows, *args, **kwargs):
+        batch_rows.append(len(rows))
+        return original(rows, *args, **kwargs)
 
-    monkeypatch.setattr(lm.model, "generate", recording)
+    monkeypatch.setattr(lm, "_generate_rows", recording)
     result = lm.generate(PROMPTS, Decoding(max_new_tokens=3), num_samples=3)
     assert batch_rows == [4, 4, 4, 3]  # 15 rows in batches of batch_size=4
     assert sum(len(row) for row in result) == 15
