@@ -660,19 +660,23 @@ def _prefix_groups(
 ) -> list[tuple[list[int], int]]:
     """Runs of consecutive rows that begin with the same tokens, each with the length they all
     share (each row keeps one token of its own); 0 for a row that shares little with its
-    neighbours. A row joins the run when it shares at least `min_shared` tokens and half of the
-    run's first row with that row: one example's candidates (prompts that differ only in the
-    item at the end) form a run, and the next example, which shares only the instructions,
-    starts its own."""
+    neighbours.
+
+    A row joins the run when that saves work: its tokens in common with the run's first row
+    would otherwise be computed again by a run of its own, while joining shortens the shared
+    part for every row already in the run. So the candidates of one ranking example (prompts
+    that differ only in the item at the end) form a run, the next profile's candidates, which
+    share only the recent window with them, start their own, and a target's profiles in the
+    sentiment task (which share the recent window) form one run.
+    """
     groups: list[tuple[list[int], int]] = []
     start = 0
     while start < len(encoded):
         first = encoded[start]
-        needed = max(min_shared, len(first) // 2)
         end, shared = start + 1, len(first) - 1
         while end < len(encoded):
             common = min(_common_prefix(first, encoded[end]), len(encoded[end]) - 1)
-            if common < needed:
+            if common < min_shared or (shared - common) * (end - start) > common:
                 break
             shared = min(shared, common)
             end += 1

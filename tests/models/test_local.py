@@ -274,3 +274,30 @@ def test_special_token_text_in_titles_never_becomes_special_ids(lm: LocalCausalL
         "<|assistant|>",
     ]
     assert lm.tokenizer.eos_token_id not in ids and lm.tokenizer.pad_token_id not in ids
+
+
+def test_prefix_groups_follow_the_scoring_workloads():
+    """Rows that share a long prefix score together; a run is not widened when that would cut
+    its shared part for the rows already in it."""
+    from lettingo_dagster.models.local import _prefix_groups
+
+    header, window = list(range(1000, 1010)), list(range(2000, 2200))
+    profiles = [[3000 + 100 * p + k for k in range(120)] for p in range(3)]
+
+    def prompt(target: int, profile: int, item: int) -> list[int]:
+        return [*header, target, *window, *profiles[profile], 5000 + item, 7, 8, 9]
+
+    # Ranking: one (target, profile) run of 20 candidates each, sharing recent window and profile.
+    ranking = [prompt(t, p, i) for t in range(2) for p in range(3) for i in range(20)]
+    groups = _prefix_groups(ranking, 32)
+    assert [len(rows) for rows, _ in groups] == [20] * 6
+    assert {shared for _, shared in groups} == {len(header) + 1 + len(window) + 120}
+    # Sentiment: one run per target holding its profiles, sharing the recent window.
+    sentiment = [prompt(t, p, t) for t in range(2) for p in range(3)]
+    groups = _prefix_groups(sentiment, 32)
+    assert [(rows, shared) for rows, shared in groups] == [
+        ([0, 1, 2], len(header) + 1 + len(window)),
+        ([3, 4, 5], len(header) + 1 + len(window)),
+    ]
+    # Rows sharing less than the minimum stay alone.
+    assert _prefix_groups([[1, 2, 3], [1, 2, 4], [9]], 32) == [([0], 0), ([1], 0), ([2], 0)]
