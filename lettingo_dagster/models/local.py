@@ -5,10 +5,14 @@ Generation is batched: prompts x samples rows, left padded, in batches of `batch
 which is what makes a small model fast on CPU (one row at a time is dominated by per-step
 overhead). Each distinct prompt of a batch is prefilled once, alone, and its keys and values
 copied into a static KV cache for all of its rows, so the samples of a prompt share one
-prefill (1.6x faster at 4 samples per prompt on CPU). Randomness is per row: each row samples
-with its own generator seeded from (decoding seed, sample index, prompt), so sample j of a
-prompt does not depend on the batch it ran in (the TextModel contract) and cached and fresh
-samples mix freely.
+prefill (1.6x faster at 4 samples per prompt on CPU). Decoding then runs in an own loop that
+drops finished rows from the batch (`_decode`). Randomness is per row: each row samples with
+its own generator seeded from (decoding seed, sample index, prompt), so sample j of a prompt
+does not depend on the batch it ran in (the TextModel contract) and cached and fresh samples
+mix freely. That holds up to float rounding: a padded batch sums attention in another order
+than the prompt alone, so a draw within rounding of a token's boundary can fall the other way
+(one profile of 64 in `bench/generation_benchmark.py --prompts 64 --batch-size 64`). A
+resumed run recomputes the same batches, so it still reproduces an uninterrupted one.
 
 torch, transformers and peft are imported when a model is built, not when this module is.
 """

@@ -1,0 +1,47 @@
+"""The generation and label-scoring benchmarks run end to end at a toy size.
+
+Their speed ratios mean nothing at this size, so the verdict (exit code) is not checked; what
+is checked is that every configuration runs and agrees with the others.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+
+
+def _run(script: str, *args: str) -> str:
+    done = subprocess.run(
+        [sys.executable, str(BENCH / script), *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode in (0, 1), done.stderr[-2000:]  # 1 is a FAIL verdict, not a crash
+    assert re.search(r"^(PASS|FAIL): ", done.stdout, re.MULTILINE), done.stdout
+    return done.stdout
+
+
+def test_generation_benchmark_paths_agree() -> None:
+    out = _run(
+        "generation_benchmark.py", "--prompts", "3", "--max-new-tokens", "6",
+        "--batch-size", "3", "--threads", "1",
+    )  # fmt: skip
+    # Own decoding loop, transformers' generate and one prompt at a time: the same samples.
+    assert len(re.findall(r"3/3 prompts' samples identical to batched", out)) == 3, out
+    assert "own decoding loop:" in out
+
+
+def test_label_scoring_benchmark_runs_both_tasks() -> None:
+    for task, prompts in (("sentiment", 6), ("ranking", 6 * 4)):
+        out = _run(
+            "label_scoring_benchmark.py", "--task", task, "--users", "1", "--targets", "1",
+            "--negatives", "3", "--threads", "1",
+        )  # fmt: skip
+        assert f"= 6 examples, {prompts} prompts" in out, out
+        assert "rows sum to 1.000" in out
