@@ -45,3 +45,15 @@ def test_label_scoring_benchmark_runs_both_tasks() -> None:
         )  # fmt: skip
         assert f"= 6 examples, {prompts} prompts" in out, out
         assert "rows sum to 1.000" in out
+
+
+def test_profiles_rerun_benchmark_materializes_twice(pipeline_world, tmp_path: Path) -> None:
+    """The cache benchmark materializes the real assets (here the tests' small dataset under
+    `ci`, in a home of its own) and times a cold and a warm `sampled_profiles`."""
+    out = _run(
+        "profiles_rerun_benchmark.py", "--preset", "ci", "--dataset", "synthetic",
+        "--home", str(tmp_path / "home"),
+    )  # fmt: skip
+    cold = float(re.search(r"cold sampled_profiles:\s+([\d.]+)s", out).group(1))
+    warm = float(re.search(r"warm sampled_profiles:\s+([\d.]+)s", out).group(1))
+    assert 0 < warm < cold, out
