@@ -128,9 +128,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
         )
         for check in failed_checks:
             warning = getattr(check.severity, "value", "ERROR") == "WARN"
+            # A check without a description still says why through its metadata.
+            why = check.description or ", ".join(
+                f"{key} {getattr(value, 'value', value)}" for key, value in check.metadata.items()
+            )
             print(
                 f"    check {'warning' if warning else 'failed'}: "
-                f"{check.asset_key.to_user_string()}.{check.check_name}: {check.description or ''}"
+                f"{check.asset_key.to_user_string()}.{check.check_name}: {why}"
             )
         for event in result.all_events:
             if event.is_step_failure:

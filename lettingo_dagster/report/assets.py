@@ -423,10 +423,19 @@ def evaluation_report(
         }  # fmt: skip
     )
     if primary is not None:
+        null_text = (
+            f"; the base generator resampled: {100 * null_primary['estimate']:+.1f}"
+            if null_primary
+            else ""
+        )
         yield dg.AssetCheckResult(
             check_name="dpo_beats_base",
             passed=bool(primary["estimate"] > 0),
             severity=dg.AssetCheckSeverity.WARN,
+            description=(
+                f"DPO minus base {primary['metric']}: {100 * primary['estimate']:+.1f} points "
+                f"[{100 * primary['low']:+.1f}, {100 * primary['high']:+.1f}]{null_text}"
+            ),
             metadata={
                 "metric": primary["metric"],
                 "difference": round(primary["estimate"], 4),
@@ -439,6 +448,7 @@ def evaluation_report(
     else:
         yield dg.AssetCheckResult(check_name="dpo_beats_base", passed=False,
                                   severity=dg.AssetCheckSeverity.WARN,
+                                  description="no DPO profiles to compare",
                                   metadata={"reason": "no DPO profiles"})  # fmt: skip
     yield dg.AssetCheckResult(
         check_name="champion_promotion",

@@ -98,6 +98,14 @@ def test_report_assets_write_the_report_and_decide_the_champion(pipeline_world) 
     # Promotion: the decision is stated and matches the registry.
     checks = {e.check_name: e for e in result.get_asset_check_evaluations()}
     promotion = checks["champion_promotion"]
+    # The comparison check states its figures in points, as the report's difference table does.
+    beats = checks["dpo_beats_base"]
+    difference = next(
+        d for d in summary["dpo_minus_base"] if d["metric"] == beats.metadata["metric"].value
+    )
+    assert beats.description.startswith(f"DPO minus base {difference['metric']}: ")
+    assert f"{100 * difference['estimate']:+.1f} points" in beats.description
+    assert beats.passed == (difference["estimate"] > 0)
     tracking = MlflowTracking(tracking_uri=pipeline_world.mlflow_uri)
     name = registered_model_name("synthetic")
     champion = tracking.alias_version(name, CHAMPION)
