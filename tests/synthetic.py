@@ -6,7 +6,20 @@ from pathlib import Path
 
 import numpy as np
 
+from lettingo_dagster.settings import BaseGeneratorSettings
+
 GENRES = ["Action", "Comedy", "Drama", "Horror", "Romance", "Sci-Fi", "Thriller", "Children's"]
+
+
+# The base generator's architecture at toy size: a real Llama that builds and runs in a second.
+TINY_GENERATOR = BaseGeneratorSettings(
+    vocab_size=400,
+    hidden_size=32,
+    num_layers=2,
+    num_heads=2,
+    intermediate_size=64,
+    max_positions=1024,
+)
 
 
 def write_movielens_atomic(

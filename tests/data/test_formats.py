@@ -66,6 +66,21 @@ class Sample:
     header_lines: int = 0  # RecBole atomic files start with a header
 
 
+# MovieLens-100K's own records, in both of its layouts (u.data / u.item and the atomic files):
+# loading either must give these rows.
+ML100K_RATINGS: list[Rating] = [
+    ("196", "242", 3.0, 881250949),
+    ("186", "302", 3.0, 891717742),
+    ("22", "377", 1.0, 878887116),
+    ("244", "51", 2.0, 880606923),
+]
+ML100K_ITEMS: list[Item] = [
+    ("1", "Toy Story", 1995, "Animation|Children's|Comedy", None),
+    ("267", "unknown", None, "unknown", None),
+    ("2", "Misérables, Les", 1995, "Drama", None),
+    ("4", "Kiss Me Deadly", 1955, "Film-Noir|Sci-Fi", None),
+]
+
 SAMPLES: dict[str, Sample] = {
     "movielens-atomic": Sample(
         interactions_name="ml-100k.inter",
@@ -76,12 +91,7 @@ SAMPLES: dict[str, Sample] = {
             "22\t377\t1\t878887116",
             "244\t51\t2\t880606923",
         ],
-        ratings=[
-            ("196", "242", 3.0, 881250949),
-            ("186", "302", 3.0, 891717742),
-            ("22", "377", 1.0, 878887116),
-            ("244", "51", 2.0, 880606923),
-        ],
+        ratings=ML100K_RATINGS,
         items_name="ml-100k.item",
         item_lines=[
             "item_id:token\tmovie_title:token_seq\trelease_year:token\tclass:token_seq",
@@ -90,12 +100,7 @@ SAMPLES: dict[str, Sample] = {
             "2\tMisérables, Les\t1995\tDrama",
             "4\tKiss Me Deadly\t1955\tFilm-Noir Sci-Fi",
         ],
-        items=[
-            ("1", "Toy Story", 1995, "Animation|Children's|Comedy", None),
-            ("267", "unknown", None, "unknown", None),
-            ("2", "Misérables, Les", 1995, "Drama", None),
-            ("4", "Kiss Me Deadly", 1955, "Film-Noir|Sci-Fi", None),
-        ],
+        items=ML100K_ITEMS,
         header_lines=1,
     ),
     "movielens-100k": Sample(
@@ -106,12 +111,7 @@ SAMPLES: dict[str, Sample] = {
             "22\t377\t1\t878887116",
             "244\t51\t2\t880606923",
         ],
-        ratings=[
-            ("196", "242", 3.0, 881250949),
-            ("186", "302", 3.0, 891717742),
-            ("22", "377", 1.0, 878887116),
-            ("244", "51", 2.0, 880606923),
-        ],
+        ratings=ML100K_RATINGS,
         items_name="u.item",
         item_lines=[
             "1|Toy Story (1995)|01-Jan-1995||http://us.imdb.com/M/title-exact?Toy%20Story%20(1995)|"
@@ -120,12 +120,7 @@ SAMPLES: dict[str, Sample] = {
             "2|Misérables, Les (1995)|01-Jan-1995||http://us.imdb.com/Les|" + flags("Drama"),
             "4|Kiss Me Deadly|01-Jan-1955||http://us.imdb.com/K|" + flags("Film-Noir", "Sci-Fi"),
         ],
-        items=[
-            ("1", "Toy Story", 1995, "Animation|Children's|Comedy", None),
-            ("267", "unknown", None, "unknown", None),
-            ("2", "Misérables, Les", 1995, "Drama", None),
-            ("4", "Kiss Me Deadly", 1955, "Film-Noir|Sci-Fi", None),  # year from release date
-        ],
+        items=ML100K_ITEMS,  # u.item: the year comes from the release date
     ),
     "movielens-dat": Sample(
         interactions_name="ratings.dat",

@@ -5,6 +5,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from synthetic import TINY_GENERATOR as TINY
 
 from lettingo_dagster.data.samples import LABELS
 from lettingo_dagster.evaluation.examples import ItemText, TargetExample
@@ -14,16 +15,6 @@ from lettingo_dagster.exploration import base_generator as bg
 from lettingo_dagster.exploration.history import RatedItem
 from lettingo_dagster.models.cache import ModelCallCache
 from lettingo_dagster.models.local import LocalCausalLM
-from lettingo_dagster.settings import BaseGeneratorSettings
-
-TINY = BaseGeneratorSettings(
-    vocab_size=400,
-    hidden_size=32,
-    num_layers=2,
-    num_heads=2,
-    intermediate_size=64,
-    max_positions=1024,
-)
 
 
 def _example(user: str, target_index: int, label: str, genre: str) -> TargetExample:

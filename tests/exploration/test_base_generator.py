@@ -7,6 +7,7 @@ import random
 from pathlib import Path
 
 import pytest
+from synthetic import TINY_GENERATOR
 
 from lettingo_dagster.exploration import base_generator as bg
 from lettingo_dagster.exploration.prompts import load_template
@@ -16,11 +17,7 @@ from lettingo_dagster.models.base import ChatPrompt, Decoding
 from lettingo_dagster.settings import BaseGeneratorSettings
 
 TINY = {
-    "vocab_size": 400,
-    "hidden_size": 32,
-    "num_layers": 2,
-    "num_heads": 2,
-    "intermediate_size": 64,
+    **TINY_GENERATOR.model_dump(),
     "max_positions": 2048,
     "epochs": 3,
     "learning_rate": 5e-3,

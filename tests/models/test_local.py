@@ -10,22 +10,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from synthetic import TINY_GENERATOR as TINY
 
 from lettingo_dagster.exploration import base_generator as bg
 from lettingo_dagster.exploration.history import RatedItem, UserHistory
 from lettingo_dagster.exploration.prompts import load_template
 from lettingo_dagster.models.base import ChatPrompt, Decoding, Generation
 from lettingo_dagster.models.local import LocalCausalLM
-from lettingo_dagster.settings import BaseGeneratorSettings
 
-TINY = BaseGeneratorSettings(
-    vocab_size=400,
-    hidden_size=32,
-    num_layers=2,
-    num_heads=2,
-    intermediate_size=64,
-    max_positions=512,
-)
 LABELS = ["like", "neutral", "dislike"]
 PROMPTS = [
     ChatPrompt(
