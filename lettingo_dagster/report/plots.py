@@ -54,6 +54,20 @@ def _metrics_of(table: pd.DataFrame, chosen: Sequence[str] | None) -> list[str]:
     return list(chosen) if chosen is not None else list(dict.fromkeys(table["metric"]))
 
 
+def _interval_panels(metrics: Sequence[str], rows: int):
+    """A figure with one panel per metric side by side sharing `rows` labelled rows, and the
+    rows' y positions, top to bottom."""
+    figure = _figure(3.2 * len(metrics), 0.32 * rows + 1.2)
+    axes = figure.subplots(1, len(metrics), sharey=True, squeeze=False)[0]
+    return figure, axes, np.arange(rows)[::-1]
+
+
+def _finish_panel(ax, title: str) -> None:
+    ax.set_title(title, fontsize=9)
+    ax.tick_params(labelsize=8)
+    ax.grid(axis="x", alpha=0.3)
+
+
 def plot_metric_intervals(
     table: pd.DataFrame, path: Path | str, metrics: Sequence[str] | None = None
 ) -> Path:
@@ -61,9 +75,7 @@ def plot_metric_intervals(
     per metric; methods top to bottom in table order. `table`: `results_table`'s frame."""
     names = _metrics_of(table, metrics)
     methods = list(dict.fromkeys(table["method"]))
-    figure = _figure(3.2 * len(names), 0.32 * len(methods) + 1.2)
-    axes = figure.subplots(1, len(names), sharey=True, squeeze=False)[0]
-    y = np.arange(len(methods))[::-1]
+    figure, axes, y = _interval_panels(names, len(methods))
     for ax, metric in zip(axes, names, strict=True):
         rows = table[table["metric"] == metric].set_index("method").reindex(methods)
         values = rows["value"].to_numpy(float)
@@ -71,9 +83,7 @@ def plot_metric_intervals(
         ax.errorbar(values, y, xerr=np.abs(errors), fmt="o", color="tab:blue", capsize=3, ms=4)
         if BASELINE in methods:
             ax.axvline(float(rows.loc[BASELINE, "value"]), color="grey", lw=0.8, ls="--")
-        ax.set_title(metric, fontsize=9)
-        ax.tick_params(labelsize=8)
-        ax.grid(axis="x", alpha=0.3)
+        _finish_panel(ax, metric)
     axes[0].set_yticks(y, methods)
     figure.tight_layout()
     return _save(figure, path)
@@ -92,9 +102,7 @@ def plot_differences(
     methods = [m for m in dict.fromkeys(table["method"]) if m != BASELINE]
     labels_h = list(dict.fromkeys(f"{h['method_a']} - {h['method_b']}" for h in highlights))
     labels = [f"{m} - {BASELINE}" for m in methods] + labels_h
-    figure = _figure(3.2 * len(names), 0.32 * len(labels) + 1.2)
-    axes = figure.subplots(1, len(names), sharey=True, squeeze=False)[0]
-    y = np.arange(len(labels))[::-1]
+    figure, axes, y = _interval_panels(names, len(labels))
     for ax, metric in zip(axes, names, strict=True):
         rows = table[table["metric"] == metric].set_index("method").reindex(methods)
         est = rows["diff_vs_recent_only"].to_numpy(float)
@@ -122,9 +130,7 @@ def plot_differences(
         ax.axvline(0.0, color="grey", lw=0.8, ls="--")
         if labels_h and methods:
             ax.axhline(y[len(methods) - 1] - 0.5, color="black", lw=0.5)
-        ax.set_title(f"difference in {metric}", fontsize=9)
-        ax.tick_params(labelsize=8)
-        ax.grid(axis="x", alpha=0.3)
+        _finish_panel(ax, f"difference in {metric}")
     axes[0].set_yticks(y, labels)
     for tick, label in zip(axes[0].get_yticklabels(), labels, strict=True):
         if label in labels_h:
