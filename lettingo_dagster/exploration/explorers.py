@@ -22,11 +22,12 @@ class CandidateProfile:
     style: str | None
     sample_index: int
     profile: str
-    prompt_tokens: int
-    completion_tokens: int
-    generation_seconds: float
-    finish_reason: str | None
-    model_fingerprint: str | None
+    # What the model call cost; a deterministic writer makes none, so it keeps these defaults.
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    generation_seconds: float = 0.0
+    finish_reason: str | None = None
+    model_fingerprint: str | None = None
 
 
 def template_name(explorer: ExplorerSettings, base: BaseGeneratorSettings) -> str:
@@ -82,11 +83,6 @@ def writer_candidates(
                     style=style,
                     sample_index=0,
                     profile=text,
-                    prompt_tokens=0,
-                    completion_tokens=0,
-                    generation_seconds=0.0,
-                    finish_reason=None,
-                    model_fingerprint=None,
                 )  # fmt: skip
             )
     return rows
