@@ -19,6 +19,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from verdict import verdict
+
 TARGET_SPEEDUP = 4.0
 GENRES = (
     "Action",
@@ -177,9 +179,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(f"own decoding loop: {through_generate_s / batched_s:.2f}x transformers generate")
     ratio = single_s / batched_s
-    verdict = "PASS" if ratio >= TARGET_SPEEDUP else "FAIL"
-    print(f"{verdict}: batched is {ratio:.1f}x one-at-a-time (target >= {TARGET_SPEEDUP:.0f}x)")
-    return 0 if verdict == "PASS" else 1
+    return verdict(
+        ratio >= TARGET_SPEEDUP,
+        f"batched is {ratio:.1f}x one-at-a-time (target >= {TARGET_SPEEDUP:.0f}x)",
+    )
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import duckdb
+from verdict import verdict
 
 MAX_SECONDS = 60.0
 MAX_PEAK_MIB = 2048.0
@@ -111,8 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"seconds:   {seconds:.2f}  (limit {MAX_SECONDS:g})")
     print(f"rows/s:    {rows / seconds:,.0f}")
     print(f"peak RSS:  {peak_mib:,.0f} MiB  (limit {MAX_PEAK_MIB:g})")
-    print("PASS" if passed else "FAIL")
-    return 0 if passed else 1
+    return verdict(passed, f"{rows:,} rows in {seconds:.2f}s, peak {peak_mib:,.0f} MiB")
 
 
 if __name__ == "__main__":

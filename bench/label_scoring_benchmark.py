@@ -25,6 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 from generation_benchmark import bench_model, synthetic_histories  # noqa: E402
+from verdict import verdict  # noqa: E402
 
 TARGET_SPEEDUP = 5.0
 
@@ -124,11 +125,10 @@ def main(argv: list[str] | None = None) -> int:
           f"rows sum to {probabilities.sum(axis=1).mean():.3f}")  # fmt: skip
     print(f"generate then parse: {generate_s:6.2f}s ({len(prompts) / generate_s:7.1f} examples/s), "
           f"{sum(p is not None for p in parsed)}/{len(parsed)} answers parseable")  # fmt: skip
-    verdict = "PASS" if ratio >= TARGET_SPEEDUP else "FAIL"
-    print(
-        f"{verdict}: one-pass scoring is {ratio:.1f}x generate-then-parse (target >= {TARGET_SPEEDUP:.0f}x)"
+    return verdict(
+        ratio >= TARGET_SPEEDUP,
+        f"one-pass scoring is {ratio:.1f}x generate-then-parse (target >= {TARGET_SPEEDUP:.0f}x)",
     )
-    return 0 if verdict == "PASS" else 1
 
 
 if __name__ == "__main__":

@@ -22,6 +22,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from verdict import verdict
+
 TARGET_RATIO = 20.0
 
 
@@ -69,11 +71,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"preset {args.preset}, dataset {args.dataset}")
     print(f"cold sampled_profiles: {cold:7.2f}s")
     print(f"warm sampled_profiles: {warm:7.2f}s (every model call from the cache)")
-    verdict = "PASS" if ratio >= TARGET_RATIO else "FAIL"
-    print(
-        f"{verdict}: rerun is 1/{ratio:.0f} of the cold time (target at most 1/{TARGET_RATIO:.0f})"
+    return verdict(
+        ratio >= TARGET_RATIO,
+        f"rerun is 1/{ratio:.0f} of the cold time (target at most 1/{TARGET_RATIO:.0f})",
     )
-    return 0 if verdict == "PASS" else 1
 
 
 if __name__ == "__main__":
