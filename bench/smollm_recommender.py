@@ -1,0 +1,157 @@
+"""SmolLM2-135M-Instruct as the LLM recommender: sentiment accuracy on calibration users against
+the offline recommender and the majority label, and whether it may serve.
+
+    python bench/smollm_recommender.py [--users 10] [--train-users 60] [--preset smollm]
+
+Needs MovieLens-100K in the data cache (`lettingo data fetch movielens-100k`) and the model
+(`lettingo models fetch smollm2-135m-instruct`). Builds the preset's `task_samples` for
+MovieLens-100K in a scratch warehouse, then on the first `--users` calibration users (all of
+their targets, sentiment labels) compares:
+
+- the majority label of training users' targets;
+- the offline recommender (MiniLM features and heads) fit on `--train-users` training users
+  with their writer profiles, as the `recommender` asset fits it;
+- SmolLM2 through `LLMRecommender` (the paper's prompt, the three labels' probabilities in one
+  forward pass);
+
+each with no profile (the recent window only) and with the genre-affinity writer profile.
+Ends with PASS when SmolLM2's best accuracy beats both the majority label and the offline
+recommender's best (it may serve as the recommender), FAIL otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from verdict import verdict  # noqa: E402
+
+DATASET = "movielens-100k"
+PROFILE_STYLE = "genre_affinity"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", type=Path, help="model folder (default: the fetched SmolLM2)")
+    parser.add_argument("--preset", default="smollm", help="preset whose task settings to use")
+    parser.add_argument("--users", type=int, default=10, help="calibration users measured")
+    parser.add_argument("--train-users", type=int, default=60, help="users the offline head fits")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--batch-size", type=int, default=8)
+    args = parser.parse_args(argv)
+    os.environ["HF_HUB_OFFLINE"] = "1"
+
+    import dagster as dg
+    import duckdb
+    import numpy as np
+    from sklearn.metrics import f1_score
+
+    from lettingo_dagster.data.assets import data_assets
+    from lettingo_dagster.data.samples import LABELS
+    from lettingo_dagster.evaluation.examples import load_target_examples
+    from lettingo_dagster.evaluation.llm_recommender import LLMRecommender
+    from lettingo_dagster.evaluation.oracle import writer_profiles
+    from lettingo_dagster.evaluation.recommender import offline_recommender
+    from lettingo_dagster.models.fetch import SMOLLM2_135M_INSTRUCT, model_folder
+    from lettingo_dagster.models.local import LocalCausalLM
+    from lettingo_dagster.resources import SettingsResource, Warehouse
+    from lettingo_dagster.settings import load_preset
+
+    folder = args.model or model_folder(SMOLLM2_135M_INSTRUCT.name)
+    if not (folder / "config.json").is_file():
+        print(
+            f"{folder}: no model; run `lettingo models fetch smollm2-135m-instruct`",
+            file=sys.stderr,
+        )
+        return 2
+    preset = load_preset(args.preset)
+    with tempfile.TemporaryDirectory(prefix="smollm-recommender-") as scratch:
+        warehouse = Path(scratch) / "warehouse.duckdb"
+        result = dg.materialize(
+            data_assets,
+            partition_key=DATASET,
+            instance=dg.DagsterInstance.ephemeral(),
+            resources={
+                "settings": SettingsResource(preset=args.preset),
+                "warehouse": Warehouse(database=str(warehouse)),
+            },
+            raise_on_error=False,
+        )
+        if not result.success:
+            print(f"could not build task_samples for {DATASET} (is it fetched?)", file=sys.stderr)
+            return 2
+        with duckdb.connect(str(warehouse), read_only=True) as con:
+            train = load_target_examples(con, DATASET, preset.task, splits=("train",))
+            calibration = load_target_examples(con, DATASET, preset.task, splits=("calibration",))
+
+    def first_users(examples, count):
+        users = list(dict.fromkeys(e.user_id for e in examples))[:count]
+        keep = set(users)
+        return [e for e in examples if e.user_id in keep]
+
+    train = first_users(train, args.train_users)
+    calibration = first_users(calibration, args.users)
+    truth = np.array([LABELS.index(e.label) for e in calibration])
+    majority = Counter(e.label for e in train).most_common(1)[0][0]
+    profiles = [p[PROFILE_STYLE] for p in writer_profiles(calibration, (PROFILE_STYLE,))]
+    print(
+        f"{DATASET}, preset {args.preset}: {len({e.user_id for e in calibration})} calibration "
+        f"users, {len(calibration)} targets; labels {dict(Counter(e.label for e in calibration))}"
+    )
+    rows: list[tuple[str, float, float]] = []
+
+    def report(name: str, probabilities: np.ndarray) -> None:
+        predicted = probabilities.argmax(axis=1)
+        accuracy = float(np.mean(predicted == truth))
+        macro = float(f1_score(truth, predicted, average="macro", labels=range(len(LABELS))))
+        shares = Counter(LABELS[i] for i in predicted)
+        rows.append((name, accuracy, macro))
+        print(f"  {name:40} accuracy {accuracy:.3f}  macro-F1 {macro:.3f}  predicts {dict(shares)}")
+
+    majority_probabilities = np.zeros((len(calibration), len(LABELS)))
+    majority_probabilities[:, LABELS.index(majority)] = 1.0
+    report(f"majority label ({majority}, from training users)", majority_probabilities)
+
+    began = time.perf_counter()
+    offline = offline_recommender(preset, None)
+    offline.fit(train, writer_profiles(train), "sentiment", holdout=False)
+    report("offline, no profile", offline.predict_sentiment(calibration, [None] * len(calibration)))
+    report(f"offline, {PROFILE_STYLE}", offline.predict_sentiment(calibration, profiles))
+    print(f"  (offline fit and predictions: {time.perf_counter() - began:.0f} s)")
+
+    model = LocalCausalLM(
+        folder, torch_threads=args.threads, batch_size=args.batch_size, device="cpu"
+    )
+    recommender = LLMRecommender(model, preset.recommender.prompt_template)
+    began = time.perf_counter()
+    report(
+        "SmolLM2, no profile", recommender.predict_sentiment(calibration, [None] * len(calibration))
+    )
+    report(f"SmolLM2, {PROFILE_STYLE}", recommender.predict_sentiment(calibration, profiles))
+    seconds = time.perf_counter() - began
+    print(
+        f"  (SmolLM2: {2 * len(calibration)} prompts in {seconds:.0f} s, "
+        f"{2 * len(calibration) / seconds:.2f} prompts/s, load average {os.getloadavg()[0]:.1f})"
+    )
+
+    best = {
+        kind: max(acc for name, acc, _ in rows if name.startswith(kind))
+        for kind in ("majority", "offline", "SmolLM2")
+    }
+    serves = best["SmolLM2"] > best["majority"] and best["SmolLM2"] >= best["offline"]
+    return verdict(
+        serves,
+        f"SmolLM2 as recommender: best accuracy {best['SmolLM2']:.3f} against the majority label "
+        f"{best['majority']:.3f} and the offline recommender {best['offline']:.3f}: "
+        f"{'may serve' if serves else 'may not serve'}",
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())
