@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Generator, Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -59,6 +59,39 @@ class ModelError(RuntimeError):
     """A model call failed for good (after the backend's own retries)."""
 
 
+class CallFailed(ModelError):
+    """One request failed for good after its retries. `error_class` names the last problem in a
+    form that groups well (`HTTP 500`, `ReadTimeout`, `malformed response`); the message never
+    holds a credential."""
+
+    def __init__(self, message: str, *, error_class: str, attempts: int) -> None:
+        super().__init__(message)
+        self.error_class = error_class
+        self.attempts = attempts
+
+
+@dataclass(frozen=True)
+class GenerationTask:
+    """One independent request: sample `sample_index` of `prompt` under `decoding`."""
+
+    prompt: ChatPrompt
+    decoding: Decoding
+    sample_index: int
+
+
+@dataclass(frozen=True)
+class CallStats:
+    """What a remote backend's requests met so far (for metadata)."""
+
+    requests: int  # HTTP attempts, retries included
+    retries: int
+    rate_limited: int  # 429 responses
+    # Wall-clock seconds during which at least one call was waiting after a 429.
+    rate_limit_wait_s: float
+    min_concurrency: int  # the lowest the adaptive limit went
+    max_concurrency: int
+
+
 class TextModel(ABC):
     """A text generation backend."""
 
@@ -84,3 +117,27 @@ class TextModel(ABC):
         """Log-probabilities, shape (len(prompts), len(options)), of each option as the start of
         the answer, renormalized over the options. Raises ModelError when the backend cannot
         score (e.g. an endpoint without log-probabilities)."""
+
+
+class StreamingTextModel(TextModel):
+    """A backend whose samples are independent requests (an HTTP endpoint): each answer can be
+    kept the moment it arrives, and one failed request need not fail the others."""
+
+    max_concurrency: int
+
+    @abstractmethod
+    def generate_each(
+        self, tasks: Sequence[GenerationTask]
+    ) -> Generator[list[tuple[int, Generation | CallFailed]], bool | None, None]:
+        """Answers as they arrive, in batches of (position in `tasks`, answer or CallFailed).
+
+        At most `max_concurrency` tasks are ever between submission and being yielded, and new
+        requests start only when the consumer asks for the next batch: whatever the consumer
+        has stored before asking is safe, so a kill loses at most `max_concurrency` answers.
+        `send(True)` instead of `next` stops: no new request starts and no call retries, and
+        the answers still in flight arrive in the following batches (their calls that were
+        cut short come as CallFailed). Closing the generator drops them."""
+
+    @abstractmethod
+    def call_stats(self) -> CallStats:
+        """Counters of the requests made so far."""

@@ -1,14 +1,22 @@
-"""The model-call cache: no call on rerun, resume after a crash reproduces the same results."""
+"""The model-call cache: no call on rerun, resume after a crash reproduces the same results; an
+endpoint's answers are kept one by one and its failed calls are listed, not cached."""
 
 import hashlib
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
 from lettingo_dagster.models.base import ChatPrompt, Decoding, Generation, TextModel
-from lettingo_dagster.models.cache import ModelCallCache, generate_cached, score_cached
+from lettingo_dagster.models.cache import (
+    ChunkProgress,
+    ModelCallCache,
+    generate_cached,
+    score_cached,
+)
+from lettingo_dagster.models.openai_compat import OpenAICompatibleModel
 
 
 class SeededTextModel(TextModel):
@@ -113,3 +121,88 @@ def test_scores_are_cached_with_infinities(tmp_path: Path) -> None:
     )
     assert model.calls == 0 and stats.hits == 23
     np.testing.assert_array_equal(first, second)
+
+
+def _endpoint(server: Any, **overrides: Any) -> OpenAICompatibleModel:
+    settings: dict[str, Any] = {
+        "base_url": server.url,
+        "model": "test-model",
+        "timeout_s": 2,
+        "max_retries": 1,
+        "backoff_base_s": 0.01,
+        "max_concurrency": 3,
+        **overrides,
+    }
+    return OpenAICompatibleModel(**settings)
+
+
+def test_endpoint_answers_are_kept_one_by_one(chat_server: Any, tmp_path: Path) -> None:
+    chat_server.delay_s = 0.01
+    with _endpoint(chat_server) as model:
+        reference, _ = generate_cached(
+            model, PROMPTS, DECODING, 2, ModelCallCache(tmp_path / "a.duckdb"), chunk_size=5
+        )
+    chat_server.answered.clear()
+    cache = ModelCallCache(tmp_path / "b.duckdb")
+    kept_when_stopped: list[int] = []
+
+    def stop_after_five_users(progress: ChunkProgress) -> None:
+        if progress.done >= 5:
+            kept_when_stopped.append(cache.count())
+            raise KeyboardInterrupt("killed mid-run")
+
+    with _endpoint(chat_server) as model, pytest.raises(KeyboardInterrupt):
+        generate_cached(
+            model, PROMPTS, DECODING, 2, cache, chunk_size=5, on_chunk=stop_after_five_users
+        )
+    # Every answer handed over was in the file before the next request started; the calls
+    # in flight when it stopped (at most max_concurrency) are the only ones lost.
+    [kept] = kept_when_stopped
+    assert kept >= 10 and cache.count() == kept
+    before = list(chat_server.answered)
+    assert len(before) - kept <= 3
+
+    chat_server.answered.clear()
+    with _endpoint(chat_server) as model:
+        resumed, stats = generate_cached(model, PROMPTS, DECODING, 2, cache, chunk_size=5)
+    assert stats.hits == kept and stats.misses == 46 - kept
+    assert len(chat_server.answered) == 46 - kept  # nothing kept is asked for again
+    assert [[g.text for g in row] for row in resumed] == [
+        [g.text for g in row] for row in reference
+    ]
+
+
+def test_failed_calls_are_listed_not_cached_and_asked_again(
+    chat_server: Any, tmp_path: Path
+) -> None:
+    for _ in range(2):
+        chat_server.fail(500, body=b'{"error": "overloaded"}')
+    chat_server.fail(400, body=b'{"error": "prompt too long"}')
+    cache = ModelCallCache(tmp_path / "cache.duckdb")
+    with _endpoint(chat_server, max_concurrency=1) as model:
+        samples, stats = generate_cached(model, PROMPTS[:4], DECODING, 2, cache, chunk_size=2)
+    assert [
+        (f.prompt_index, f.sample_index, f.error_class, f.attempts) for f in stats.failures
+    ] == [
+        (0, 0, "HTTP 500", 2),
+        (0, 1, "HTTP 400", 1),
+    ]
+    assert samples[0] == [None, None] and all(g is not None for row in samples[1:] for g in row)
+    assert stats.misses == 6 and cache.count() == 6 and stats.calls.requests == 9
+
+    with _endpoint(chat_server) as model:
+        again, stats = generate_cached(model, PROMPTS[:4], DECODING, 2, cache, chunk_size=2)
+    assert stats.hits == 6 and stats.misses == 2 and not stats.failures
+    assert all(g is not None for row in again for g in row)
+
+
+def test_no_call_starts_once_more_failed_than_allowed(chat_server: Any, tmp_path: Path) -> None:
+    for _ in range(6):
+        chat_server.fail(500)
+    cache = ModelCallCache(tmp_path / "cache.duckdb")
+    with _endpoint(chat_server, max_concurrency=1, max_retries=0) as model:
+        samples, stats = generate_cached(
+            model, PROMPTS, DECODING, 1, cache, chunk_size=5, max_failures=2
+        )
+    assert len(stats.failures) == 3 and stats.not_attempted == 20 and stats.misses == 0
+    assert len(chat_server.requests) == 3

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 import traceback
 from collections.abc import Iterator
 from typing import Any
@@ -12,7 +13,13 @@ from typing import Any
 import numpy as np
 import pytest
 
-from lettingo_dagster.models.base import ChatPrompt, Decoding, ModelError
+from lettingo_dagster.models.base import (
+    CallFailed,
+    ChatPrompt,
+    Decoding,
+    GenerationTask,
+    ModelError,
+)
 from lettingo_dagster.models.openai_compat import (
     LogProbsUnavailable,
     OpenAICompatibleModel,
@@ -237,18 +244,44 @@ def test_fingerprint(monkeypatch: pytest.MonkeyPatch) -> None:
     assert fingerprint(base_url="http://h/v1", extra_body={"b": 2, "a": 1}) == with_extra
 
 
-@pytest.mark.parametrize(
-    "garbage",
-    [b"<html>oops</html>", b"[]", b'{"choices": []}', b'{"choices": [{"message": {}}]}'],
-)
-def test_malformed_response_is_not_retried(
-    chat_server: Any, make_model: Any, garbage: bytes
+GARBAGE = [
+    b"",
+    b"<html>oops</html>",
+    b"[]",
+    b'{"id": "chatcmpl-1", "choices": [{"index": 0, "mess',  # cut off mid-body
+    b'{"id": "chatcmpl-1"}',
+    b'{"choices": []}',
+    b'{"choices": [{"message": {}}]}',
+]
+
+
+@pytest.mark.parametrize("garbage", GARBAGE)
+def test_malformed_reply_is_retried_like_a_5xx(
+    chat_server: Any, make_model: Any, garbage: bytes, caplog: pytest.LogCaptureFixture
 ) -> None:
     chat_server.garbage(garbage)
     model = make_model()
-    with pytest.raises(ModelError, match="malformed response from .*/chat/completions"):
+    with caplog.at_level(logging.WARNING, logger="lettingo_dagster.models.openai_compat"):
+        [[generation]] = model.generate(PROMPTS[:1], Decoding())
+    assert generation.text == chat_server.completion_text(
+        PROMPTS[0].as_messages(), sample_seed(0, 0)
+    )
+    assert len(chat_server.requests) == 2
+    assert "malformed response" in caplog.records[0].getMessage()
+
+
+def test_malformed_after_the_budget_is_a_failed_call(chat_server: Any, make_model: Any) -> None:
+    chat_server.fail(500)
+    for garbage in GARBAGE[:2]:
+        chat_server.garbage(garbage)
+    model = make_model(max_retries=2)
+    with pytest.raises(
+        CallFailed, match=r"malformed response \(the body is not a JSON object\) after 3 attempts$"
+    ) as caught:
         model.generate(PROMPTS[:1], Decoding())
-    assert len(chat_server.requests) == 1
+    assert caught.value.error_class == "malformed response" and caught.value.attempts == 3
+    assert len(chat_server.requests) == 3
+    assert_no_key(caught.value)
 
 
 def test_score_options_maps_tokens_and_renormalizes(chat_server: Any, make_model: Any) -> None:
@@ -303,3 +336,59 @@ def test_parse_option_needs_exactly_one_match() -> None:
     assert parse_option("'Neutral.'", OPTIONS) == "neutral"
     assert parse_option("like, probably", OPTIONS) is None
     assert parse_option("yes", ["Yes", "yes"]) is None
+
+
+def test_generate_each_hands_over_failures_and_starts_no_call_ahead(
+    chat_server: Any, make_model: Any
+) -> None:
+    chat_server.delay_s = 0.01
+    chat_server.fail(400, body=b'{"error": "prompt too long"}')
+    model = make_model(max_concurrency=2, timeout_s=5)
+    tasks = [GenerationTask(ChatPrompt(user=f"user {i}"), Decoding(seed=1), 0) for i in range(10)]
+    outcomes: dict[int, Any] = {}
+    for batch in model.generate_each(tasks):
+        outcomes.update(batch)
+        # While the consumer holds a batch (storing it), no request beyond the two in flight
+        # may start: whatever it stored before asking again is all a kill can lose.
+        time.sleep(0.05)
+        assert len(chat_server.requests) <= len(outcomes) + 2
+    assert sorted(outcomes) == list(range(10))
+    failed = [o for o in outcomes.values() if isinstance(o, CallFailed)]
+    assert len(failed) == 1 and failed[0].error_class == "HTTP 400" and failed[0].attempts == 1
+    assert failed[0].__traceback__ is None
+    for position, outcome in outcomes.items():
+        if not isinstance(outcome, CallFailed):
+            assert outcome.text == chat_server.completion_text(
+                tasks[position].prompt.as_messages(), sample_seed(1, 0)
+            )
+
+
+def test_sustained_429s_lower_concurrency_which_recovers(chat_server: Any, make_model: Any) -> None:
+    chat_server.delay_s = 0.02
+    for _ in range(12):
+        chat_server.fail(429, retry_after="0.05")
+    model = make_model(max_concurrency=4, timeout_s=5, max_retries=10, backoff_max_s=1)
+    prompts = [ChatPrompt(user=f"Describe user {i}.") for i in range(40)]
+    result = model.generate(prompts, Decoding())
+
+    assert [row[0].text for row in result] == [
+        chat_server.completion_text(p.as_messages(), sample_seed(0, 0)) for p in prompts
+    ]
+    stats = model.call_stats()
+    assert (stats.rate_limited, stats.min_concurrency, stats.max_concurrency) == (12, 1, 4)
+    assert stats.requests == 52 and stats.retries == 12
+    # At least the 0.05 s Retry-After of the last, sequential 429s; far below their sum.
+    assert 0.05 <= stats.rate_limit_wait_s < 12 * 0.05 * 4
+    in_flight = [r.in_flight for r in chat_server.requests]
+    # One at a time right after the 429s, two after the first answer (+1 each: the server may
+    # not yet have counted the previous reply out), back to four once answers came.
+    assert in_flight[12] <= 2 and in_flight[13] <= 3
+    assert max(in_flight[-16:]) >= 3
+
+
+def test_a_single_429_is_not_sustained(chat_server: Any, make_model: Any) -> None:
+    chat_server.fail(429, retry_after="0")
+    model = make_model(max_concurrency=4)
+    model.generate(PROMPTS, Decoding())
+    stats = model.call_stats()
+    assert (stats.rate_limited, stats.min_concurrency) == (1, 4)
