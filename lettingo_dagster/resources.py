@@ -1,4 +1,5 @@
-"""Dagster resources: the active preset and the DuckDB warehouse."""
+"""Dagster resources (the active preset and the DuckDB warehouse) and the retry policy of the
+steps that call models."""
 
 from __future__ import annotations
 
@@ -12,6 +13,16 @@ from pydantic import Field
 
 from lettingo_dagster.paths import PRESETS_DIR, warehouse_path
 from lettingo_dagster.settings import Preset, active_preset_name, load_preset
+from lettingo_dagster.storage import missing_table_failure
+
+# For the steps that call models, which may be remote endpoints. A step fails when more of an
+# explorer's calls failed than its budget allows (max_failed_call_share) or an endpoint is down;
+# Dagster runs it again after about 30 s, 90 s and 210 s (each +-50%), and the model-call cache
+# makes each retry ask only for the answers still missing. A failure that waiting cannot fix (an
+# upstream partition not materialized) opts out with `Failure(allow_retries=False)`.
+MODEL_CALL_RETRY_POLICY = dg.RetryPolicy(
+    max_retries=3, delay=30, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS
+)
 
 
 class SettingsResource(dg.ConfigurableResource):
@@ -48,6 +59,13 @@ class Warehouse(DuckDBResource):
         with super().get_connection() as connection:
             try:
                 yield connection
+            except duckdb.CatalogException as error:
+                # A read of a table no asset has written yet: say which asset to materialize
+                # instead of DuckDB's catalog error (read sites also check their partition).
+                failure = missing_table_failure(error)
+                if failure is None:
+                    raise
+                raise failure from None
             finally:
                 # The parent only closes on success; a failed step must not hold the file lock.
                 connection.close()

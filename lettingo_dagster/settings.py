@@ -177,8 +177,36 @@ class ExplorerSettings(_Section):
     api_key_env: str | None = Field(
         None, description="Name of the environment variable holding the API key (openai)."
     )
-    max_concurrency: int = Field(4, ge=1, le=256, description="Parallel requests (openai).")
+    max_concurrency: int = Field(
+        4,
+        ge=1,
+        le=256,
+        description="Parallel requests (openai); the most a kill can lose. Halves while the "
+        "server keeps answering 429, and climbs back as answers come.",
+    )
     timeout_s: float = Field(60, gt=0, description="Per-request timeout in seconds (openai).")
+    max_retries: int = Field(
+        4,
+        ge=0,
+        le=20,
+        description="Retries of one request (openai) after 429, 5xx, a timeout, a dropped "
+        "connection or a malformed reply; 4 means at most 5 attempts.",
+    )
+    retry_backoff_s: float = Field(
+        0.5,
+        gt=0,
+        le=60,
+        description="First retry's wait (openai); retry k waits about this times 2**k, at "
+        "most 20 s, or the server's Retry-After.",
+    )
+    max_failed_call_share: float = Field(
+        0.02,
+        ge=0,
+        le=1,
+        description="Share of this explorer's calls that may still fail after their retries "
+        "(openai) without failing the step: their users lack this explorer's samples, each is "
+        "listed in the model_call_failures table, and the next run asks again.",
+    )
     batch_size: int = Field(
         16, ge=1, le=1024, description="Prompts per generate call (local models)."
     )
@@ -213,7 +241,11 @@ class ExplorationSettings(_Section):
         description="Users to sample profiles for (test users only ever get held-out profiles).",
     )
     chunk_size: int = Field(
-        64, ge=1, le=100000, description="Model calls per cache chunk (a crash loses one chunk)."
+        64,
+        ge=1,
+        le=100000,
+        description="Prompts per cache chunk of a local model (a crash loses one chunk; an "
+        "endpoint's answers are kept one by one).",
     )
     torch_threads: int = Field(
         2,

@@ -1,9 +1,66 @@
-"""Writing dataset partitions of DuckDB tables atomically."""
+"""Writing dataset partitions of DuckDB tables atomically, and checking that the partition an
+asset reads was written.
+
+Every warehouse table is named after the asset that writes it, partitioned by `dataset`.
+"""
 
 from __future__ import annotations
 
+import re
+
+import dagster as dg
 import duckdb
 import pandas as pd
+
+MATERIALIZE_COMMAND = "dagster asset materialize -m lettingo_dagster.definitions --select {asset} --partition {dataset}"
+_MISSING_TABLE = re.compile(r"Table with name (\w+) does not exist")
+
+
+def upstream_missing(asset: str, dataset: str | None, why: str) -> dg.Failure:
+    """The step's failure when what it reads was never materialized: which asset, which
+    partition, and how to materialize it. Not retried: waiting does not materialize it."""
+    partition = f"partition {dataset!r}" if dataset else "the dataset partition being run"
+    command = MATERIALIZE_COMMAND.format(asset=asset, dataset=dataset or "DATASET")
+    return dg.Failure(
+        description=(
+            f"upstream asset {asset!r} is not materialized for {partition} ({why}). "
+            f"Materialize it first: in the Dagster UI (Catalog > {asset} > Materialize, "
+            f"{partition}), or `{command}` with the same DAGSTER_HOME, or `lettingo run` "
+            "for the whole graph."
+        ),
+        metadata={"missing_asset": asset, "partition": dataset or ""},
+        allow_retries=False,
+    )
+
+
+def require_partition(
+    con: duckdb.DuckDBPyConnection, table: str, dataset: str, *, may_be_empty: bool = False
+) -> None:
+    """Fail the step with `upstream_missing` unless `table` holds rows of `dataset` (or, with
+    `may_be_empty`, exists at all: an asset that may legitimately write no rows)."""
+    (exists,) = con.execute(
+        "SELECT count(*) FROM information_schema.tables "
+        "WHERE table_name = ? AND table_schema = current_schema()",
+        [table],
+    ).fetchone()
+    if not exists:
+        raise upstream_missing(table, dataset, f"the warehouse has no {table} table")
+    if may_be_empty:
+        return
+    (present,) = con.execute(
+        f"SELECT EXISTS (SELECT 1 FROM {table} WHERE dataset = ?)", [dataset]
+    ).fetchone()
+    if not present:
+        raise upstream_missing(table, dataset, f"{table} has no rows of {dataset!r}")
+
+
+def missing_table_failure(error: duckdb.CatalogException) -> dg.Failure | None:
+    """A read of a table that does not exist, as `upstream_missing` (None for other errors):
+    the safety net for reads that no `require_partition` guards."""
+    found = _MISSING_TABLE.search(str(error))
+    if found is None:
+        return None
+    return upstream_missing(found.group(1), None, f"the warehouse has no {found.group(1)} table")
 
 
 def create_table_if_missing(

@@ -15,8 +15,14 @@ import pandas as pd
 from lettingo_dagster.checks import check_results, check_specs
 from lettingo_dagster.dataset_assets import dataset_asset
 from lettingo_dagster.exploration.explorers import (
+    CALL_FAILURE_COLUMNS,
+    FailedCallRow,
     build_model,
+    call_failure_frame,
+    failed_call_rows,
+    failure_budget_exceeded,
     model_candidates,
+    remote_call_summary,
     template_name,
     writer_candidates,
 )
@@ -27,8 +33,12 @@ from lettingo_dagster.exploration.writers import genre_affinity
 from lettingo_dagster.models.cache import ChunkProgress, ModelCallCache
 from lettingo_dagster.paths import model_cache_path, models_dir
 from lettingo_dagster.quality import validate_rules
-from lettingo_dagster.resources import SettingsResource, Warehouse
-from lettingo_dagster.storage import markdown_preview, replace_partition_from_frame
+from lettingo_dagster.resources import MODEL_CALL_RETRY_POLICY, SettingsResource, Warehouse
+from lettingo_dagster.storage import (
+    markdown_preview,
+    replace_partition_from_frame,
+    require_partition,
+)
 
 PROFILE_COLUMNS = {
     "dataset": "VARCHAR",
@@ -159,9 +169,13 @@ def base_generator(
         "Stage 1 of LettinGo: candidate profiles of every train and calibration user from every "
         "explorer of the preset (the base generator sampled at temperature 1.0, the "
         "deterministic writers, any local or OpenAI-compatible model). Model calls go through a "
-        "persistent cache: an unchanged rerun makes no call and a killed run resumes."
+        "persistent cache: an unchanged rerun makes no call and a killed run resumes. An "
+        "endpoint's calls that still fail after their retries are listed in the "
+        "model_call_failures table; past the explorer's max_failed_call_share the step fails "
+        "and is retried."
     ),
     check_specs=check_specs("sampled_profiles", profile_rules()),
+    retry_policy=MODEL_CALL_RETRY_POLICY,
 )
 def sampled_profiles(
     context: dg.AssetExecutionContext,
@@ -173,13 +187,17 @@ def sampled_profiles(
     exploration = preset.exploration
     dataset = context.partition_key
     with warehouse.get_connection() as con:
+        require_partition(con, "task_samples", dataset)
         histories = load_long_windows(con, dataset, preset.task, splits=tuple(exploration.splits))
     cache = ModelCallCache(model_cache_path())
     started = time.perf_counter()
     rows: list[Any] = []
     per_explorer: list[dict[str, Any]] = []
+    failures: list[FailedCallRow] = []
+    over_budget: str | None = None
     for explorer in exploration.explorers:
         explorer_started = time.perf_counter()
+        calls: dict[str, Any] = {}
         if explorer.kind == "writers":
             produced = writer_candidates(explorer, histories)
             hit_rate, tokens_per_second, model_calls = None, None, 0
@@ -201,6 +219,9 @@ def sampled_profiles(
                 stats.tokens_per_second,
                 stats.misses,
             )
+            calls = remote_call_summary(stats)
+            failures.extend(failed_call_rows(explorer, histories, stats))
+            over_budget = failure_budget_exceeded(explorer, len(histories), stats)
         rows.extend(produced)
         per_explorer.append(
             {
@@ -216,8 +237,26 @@ def sampled_profiles(
                 "tokens_per_second": None
                 if tokens_per_second is None
                 else round(tokens_per_second, 1),
+                **calls,
                 "seconds": round(time.perf_counter() - explorer_started, 2),
             }
+        )
+        if over_budget:
+            break
+    # Written even when the step fails, so the failed calls can be looked at before a retry.
+    failure_frame = call_failure_frame(dataset, context.run.run_id, failures)
+    with warehouse.get_connection() as con:
+        replace_partition_from_frame(
+            con, "model_call_failures", dataset, failure_frame, CALL_FAILURE_COLUMNS
+        )
+    explorer_table = pd.DataFrame(per_explorer)
+    if over_budget:
+        raise dg.Failure(
+            description=over_budget,
+            metadata={
+                "failed_model_calls": len(failures),
+                "explorers": dg.MetadataValue.md(markdown_preview(explorer_table, rows=50)),
+            },
         )
     generated = pd.DataFrame([asdict(row) for row in rows])
     # An empty sample (EOS first, or an endpoint's empty answer) can teach nothing: it is not
@@ -241,7 +280,6 @@ def sampled_profiles(
             con, "sampled_profiles", dataset, frame, PROFILE_COLUMNS
         )
     seconds = time.perf_counter() - started
-    explorer_table = pd.DataFrame(per_explorer)
     model_rows = frame[frame["explorer_kind"] != "writers"]
     examples = frame.groupby("explorer", sort=False).head(2)[
         ["user_id", "explorer", "style", "profile"]
@@ -256,6 +294,15 @@ def sampled_profiles(
             "explorers": dg.MetadataValue.md(markdown_preview(explorer_table, rows=50)),
             "cache_hit_rate": round(1 - total_calls / model_profiles, 3) if model_profiles else 1.0,
             "new_model_calls": total_calls,
+            "failed_model_calls": len(failures),
+            "model_call_failures": dg.MetadataValue.md(
+                markdown_preview(
+                    failure_frame[["user_id", "explorer", "error_class", "attempts"]], rows=20
+                )
+            ),
+            "rate_limit_wait_s": round(
+                sum(r.get("rate_limit_wait_s") or 0.0 for r in per_explorer), 2
+            ),
             "empty_samples_dropped": int(empty.sum()),
             "seconds": round(seconds, 2),
             "examples": dg.MetadataValue.md(markdown_preview(examples, rows=20, width=400)),
