@@ -54,3 +54,29 @@ bench: install
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
+
+# The team deployment on this machine (docs/scaling-out.md): PostgreSQL, Redis, the MLflow server
+# and two Celery workers on loopback ports, data and logs under $(LETTINGO_HOME)/team.
+.PHONY: team-up team-down team-status team-run team-ui test-team
+TEAM := $(BIN)/python -m lettingo_dagster.deployment
+PRESET ?= default
+
+team-up: install
+	$(TEAM) up
+
+team-down:
+	$(TEAM) down
+
+team-status:
+	$(TEAM) status
+
+# The main job through the Celery workers, recorded in PostgreSQL: make team-run PRESET=ci
+team-run: install
+	$(TEAM) run --preset $(PRESET)
+
+team-ui: install
+	$(TEAM) ui
+
+# Stands its own stack up on free ports, runs the ci graph through it, tears it down (minutes).
+test-team: install
+	$(BIN)/python -m pytest -m slow tests/deployment

@@ -12,6 +12,7 @@ from lettingo_dagster.alignment.assets import alignment_assets
 from lettingo_dagster.automation import automation_jobs, automation_sensors
 from lettingo_dagster.data.assets import data_assets
 from lettingo_dagster.dataset_assets import dataset_partitions
+from lettingo_dagster.deployment import executor_for_deployment
 from lettingo_dagster.evaluation.assets import evaluation_assets
 from lettingo_dagster.exploration.assets import exploration_assets
 from lettingo_dagster.report.assets import report_assets
@@ -39,6 +40,8 @@ defs = dg.Definitions(
     assets=all_assets,
     jobs=[pipeline_job, data_job, *automation_jobs],
     sensors=automation_sensors,
+    # LETTINGO_DEPLOYMENT=team sends steps to Celery workers; local keeps Dagster's default.
+    executor=executor_for_deployment(),
     resources={
         "settings": SettingsResource(),
         "warehouse": Warehouse(),

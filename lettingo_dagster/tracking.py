@@ -32,7 +32,18 @@ MAX_PARAM_LENGTH = 6000  # MLflow 3 accepts up to 6000 characters per param valu
 
 
 def default_tracking_uri() -> str:
-    return f"sqlite:///{lettingo_home() / 'mlflow' / 'mlflow.db'}"
+    """The team deployment's MLflow server (LETTINGO_MLFLOW_URI), else sqlite under
+    LETTINGO_HOME."""
+    from lettingo_dagster.deployment import mlflow_tracking_uri
+
+    return mlflow_tracking_uri() or f"sqlite:///{lettingo_home() / 'mlflow' / 'mlflow.db'}"
+
+
+def default_ui_url() -> str:
+    """A tracking server serves its own UI; the local store is browsed with `make mlflow-ui`."""
+    from lettingo_dagster.deployment import mlflow_tracking_uri
+
+    return mlflow_tracking_uri() or "http://127.0.0.1:5000"
 
 
 def flatten(values: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
@@ -60,9 +71,9 @@ class MlflowTracking(dg.ConfigurableResource):
 
     tracking_uri: str = Field(
         default_factory=default_tracking_uri,
-        description="MLflow tracking URI (default: sqlite under $LETTINGO_HOME/mlflow). Use a "
-        "server URL for a shared store; credentials come from MLflow's own environment "
-        "variables, never from this config.",
+        description="MLflow tracking URI (default: LETTINGO_MLFLOW_URI in the team deployment, "
+        "else sqlite under $LETTINGO_HOME/mlflow). Use a server URL for a shared store; "
+        "credentials come from MLflow's own environment variables, never from this config.",
     )
     artifact_root: str = Field(
         default="",
@@ -70,8 +81,9 @@ class MlflowTracking(dg.ConfigurableResource):
         "artifacts; ignored by servers that manage their own).",
     )
     ui_url: str = Field(
-        default="http://127.0.0.1:5000",
-        description="Base URL of the MLflow UI, for the run links in asset metadata.",
+        default_factory=default_ui_url,
+        description="Base URL of the MLflow UI, for the run links in asset metadata (default: "
+        "the tracking server in the team deployment, else http://127.0.0.1:5000).",
     )
 
     def client(self) -> MlflowClient:

@@ -1,0 +1,215 @@
+"""The deployment choice and the team deployment's early failures, without any service running:
+every service URL points at a loopback port nothing listens on."""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import dagster as dg
+import pytest
+import yaml
+
+from lettingo_dagster.deployment import (
+    DEFAULT_QUEUE,
+    QUEUE_TAG,
+    TRAINING_QUEUE,
+    DeploymentError,
+    ServiceUnavailable,
+    TeamSettings,
+    check_broker,
+    check_mlflow,
+    check_postgres,
+    deployment,
+    executor_for_deployment,
+    prepare_team_home,
+    queue_for_step,
+    redact,
+    route_plan,
+    team_instance_config,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+SERVICE_VARIABLES = [variable for variable, _ in TeamSettings.ENV.values()]
+
+
+def closed_port() -> int:
+    """A loopback port nothing listens on (bound, then released)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def isolated_env() -> Iterator[None]:
+    """The team commands export their settings into os.environ; give them back afterwards."""
+    saved = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
+
+
+@pytest.fixture
+def services_down(monkeypatch: pytest.MonkeyPatch, fresh_home: Path) -> dict[str, str]:
+    urls = {
+        "LETTINGO_PG_URL": f"postgresql://lettingo:s3cret@127.0.0.1:{closed_port()}/dagster",
+        "LETTINGO_BROKER_URL": f"redis://127.0.0.1:{closed_port()}/0",
+        "LETTINGO_RESULT_BACKEND": f"redis://127.0.0.1:{closed_port()}/1",
+        "LETTINGO_MLFLOW_URI": f"http://127.0.0.1:{closed_port()}",
+    }
+    for variable, value in urls.items():
+        monkeypatch.setenv(variable, value)
+    monkeypatch.setenv("LETTINGO_DEPLOYMENT", "team")
+    monkeypatch.delenv("DAGSTER_HOME", raising=False)
+    return urls
+
+
+def test_local_is_the_default_and_keeps_dagsters_executor(monkeypatch) -> None:
+    monkeypatch.delenv("LETTINGO_DEPLOYMENT", raising=False)
+    assert deployment() == "local"
+    assert executor_for_deployment() is None
+    from lettingo_dagster.definitions import defs
+    from lettingo_dagster.tracking import MlflowTracking
+
+    assert defs.resolve_job_def("lettingo_pipeline").executor_def.name == (
+        "multi_or_in_process_executor"
+    )
+    assert MlflowTracking().tracking_uri.startswith("sqlite:///")
+
+
+def test_an_unknown_deployment_names_the_variable(monkeypatch) -> None:
+    monkeypatch.setenv("LETTINGO_DEPLOYMENT", "cluster")
+    with pytest.raises(DeploymentError, match="LETTINGO_DEPLOYMENT='cluster'.*local, team"):
+        deployment()
+
+
+def test_team_reads_every_service_from_the_environment(services_down) -> None:
+    settings = TeamSettings.from_env()
+    # SQLAlchemy 2.1 would pick psycopg 3 for a bare postgresql:// URL; psycopg2 is installed.
+    assert settings.postgres_url.startswith("postgresql+psycopg2://lettingo:s3cret@")
+    assert settings.broker_url == services_down["LETTINGO_BROKER_URL"]
+    executor = executor_for_deployment()
+    assert executor is not None and executor.name == "lettingo_team_celery"
+    from lettingo_dagster.tracking import MlflowTracking
+
+    tracking = MlflowTracking()
+    assert tracking.tracking_uri == services_down["LETTINGO_MLFLOW_URI"]
+    assert tracking.ui_url == services_down["LETTINGO_MLFLOW_URI"]
+
+
+def test_team_instance_is_the_local_one_on_postgres(services_down, isolated_env) -> None:
+    local = yaml.safe_load((ROOT / "dagster.yaml").read_text())
+    team = team_instance_config()
+    assert team["storage"] == {"postgres": {"postgres_url": {"env": "LETTINGO_PG_URL"}}}
+    assert team["concurrency"]["pools"]["default_limit"] == local["concurrency"]["pools"]["default_limit"]  # fmt: skip
+    assert team["concurrency"]["pools"]["granularity"] == "op"
+    assert team["concurrency"]["runs"] == local["concurrency"]["runs"]
+    assert team["telemetry"] == {"enabled": False}
+
+    home = prepare_team_home()
+    assert home == Path(os.environ["LETTINGO_HOME"]) / "team" / "dagster"
+    assert os.environ["DAGSTER_HOME"] == str(home)
+    assert "s3cret" not in (home / "dagster.yaml").read_text()  # the URL stays in the environment
+    from dagster._core.instance.config import dagster_instance_config
+
+    config, _ = dagster_instance_config(str(home))  # a valid instance config for dagster 1.13
+    assert "postgres" in config["storage"]
+
+
+def test_training_and_generation_steps_have_their_own_queue() -> None:
+    from dagster._core.execution.api import create_execution_plan
+
+    from lettingo_dagster.definitions import defs
+
+    job = defs.resolve_job_def("lettingo_pipeline")
+    plan = route_plan(create_execution_plan(job, tags={"dagster/partition": "synthetic"}))
+    queues = {key: plan.get_step_by_key(key).tags[QUEUE_TAG] for key in plan.step_keys_to_execute}
+    training = {key for key, queue in queues.items() if queue == TRAINING_QUEUE}
+    assert training == {"base_generator", "sampled_profiles", "dpo_checkpoint", "heldout_profiles"}
+    assert {queues[key] for key in ("interactions", "reward_scores", "evaluation_report")} == {
+        DEFAULT_QUEUE
+    }
+    # An op's own tag wins over the table.
+    assert queue_for_step("interactions", {QUEUE_TAG: "big-memory"}) == "big-memory"
+
+
+def test_passwords_never_reach_messages() -> None:
+    assert redact("postgresql://me:pw@db:5432/x") == "postgresql://me:***@db:5432/x"
+    assert redact("redis://127.0.0.1:6379/0") == "redis://127.0.0.1:6379/0"
+
+
+def _fails_fast(check, *args) -> str:
+    started = time.monotonic()
+    with pytest.raises(ServiceUnavailable) as caught:
+        check(*args)
+    assert time.monotonic() - started < 15
+    message = str(caught.value)
+    assert "\n" not in message
+    return message
+
+
+def test_each_service_down_is_one_line_naming_it(services_down) -> None:
+    settings = TeamSettings.from_env()
+    message = _fails_fast(check_postgres, settings.postgres_url)
+    assert message.startswith("PostgreSQL (Dagster run and event storage) is not reachable at ")
+    assert "s3cret" not in message and "***" in message
+    message = _fails_fast(check_broker, settings.broker_url)
+    assert message.startswith(f"The Celery broker (Redis) is not reachable at {settings.broker_url}")  # fmt: skip
+    message = _fails_fast(check_mlflow, settings.mlflow_uri)
+    assert message.startswith(f"The MLflow tracking server is not reachable at {settings.mlflow_uri}")  # fmt: skip
+
+
+def test_a_malformed_database_url_is_named(services_down) -> None:
+    message = _fails_fast(check_postgres, "postgresql://lettingo@127.0.0.1:notaport/dagster")
+    assert message.startswith("PostgreSQL (Dagster run and event storage) is not reachable")
+
+
+def test_team_run_stops_before_anything_is_written(services_down, isolated_env, capsys) -> None:
+    from lettingo_dagster.deployment.__main__ import main
+
+    assert main(["run", "--preset", "ci", "--dataset", "synthetic"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: PostgreSQL (Dagster run and event storage)")
+    home = Path(os.environ["LETTINGO_HOME"])
+    assert not (home / "warehouse.duckdb").exists()
+
+
+# A job on the team executor whose one step would write to the warehouse; built at import from
+# the environment the test sets, as the code location would be.
+def _team_job() -> dg.JobDefinition:
+    from lettingo_dagster.deployment import team_executor
+
+    @dg.op
+    def write_rows() -> None:
+        import duckdb
+
+        with duckdb.connect(os.environ["LETTINGO_WAREHOUSE_UNDER_TEST"]) as con:
+            con.execute("CREATE TABLE written AS SELECT 1 AS x")
+
+    @dg.job(executor_def=team_executor())
+    def team_job() -> None:
+        write_rows()
+
+    return team_job
+
+
+def test_a_run_with_the_broker_down_fails_before_its_first_step(
+    services_down, isolated_env, tmp_path, monkeypatch
+) -> None:
+    warehouse = tmp_path / "warehouse.duckdb"
+    monkeypatch.setenv("LETTINGO_WAREHOUSE_UNDER_TEST", str(warehouse))
+    # A persistent sqlite instance: the executor, not the storage, is under test here.
+    with dg.instance_for_test(temp_dir=str(tmp_path)) as instance:
+        result = dg.execute_job(dg.reconstructable(_team_job), instance, raise_on_error=False)
+        assert not result.success
+        events = [r.dagster_event for r in instance.all_logs(result.run_id) if r.dagster_event]
+        (failure,) = [e for e in events if e.is_run_failure]
+        assert failure.event_specific_data.error.message.startswith(
+            "lettingo_dagster.deployment.ServiceUnavailable: The Celery broker (Redis) is not "
+            "reachable at redis://127.0.0.1:"
+        )
+        assert not any(e.is_step_start for e in events)
+    assert not warehouse.exists()
