@@ -5,7 +5,7 @@ materializes the graph for the `synthetic` dataset into a persistent instance un
 LETTINGO_HOME (the way `lettingo run` does), starts `dagster-webserver` on loopback against it,
 and drives headless Chromium with Playwright:
 
-- the global asset graph (`/asset-groups`, every group expanded) shows every asset of DESIGN §1;
+- the global asset graph (`/asset-groups`, every group expanded) shows every asset;
 - the `evaluation_report` page (`/assets/evaluation_report`) shows the report's table, the
   Markdown table of its latest materialization's metadata rendered as an HTML table (inline, or
   in the "[Show Markdown]" dialog that the UI uses for long Markdown values).

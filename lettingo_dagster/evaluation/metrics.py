@@ -1,4 +1,4 @@
-"""Metrics and bootstrap intervals over users (DESIGN §6).
+"""Metrics and bootstrap intervals over users, as the oracle study and the report use them.
 
 Every interval resamples users, never targets: a resampled user brings all of their T targets,
 so the intervals respect the correlation between one user's targets. Values are passed per user

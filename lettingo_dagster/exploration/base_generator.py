@@ -1,4 +1,4 @@
-"""The project's own small profile generator (DESIGN §4): a byte-level BPE tokenizer trained on
+"""The project's own small profile generator: a byte-level BPE tokenizer trained on
 the dataset's prompts and profiles, and a Llama-architecture causal LM of a few million
 parameters pretrained on the deterministic writers' profiles of the training users.
 
@@ -30,7 +30,7 @@ from lettingo_dagster.exploration.writers import write_profiles
 from lettingo_dagster.models.base import ChatPrompt, Decoding
 from lettingo_dagster.settings import BaseGeneratorSettings
 
-if TYPE_CHECKING:  # torch and transformers load lazily (DESIGN §2): importing stays fast
+if TYPE_CHECKING:  # torch and transformers load lazily: importing stays fast
     import torch
     from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 
@@ -128,7 +128,7 @@ def build_model(
     tokenizer: PreTrainedTokenizerFast, settings: BaseGeneratorSettings
 ) -> LlamaForCausalLM:
     """A freshly initialized Llama (seeded by `settings.seed`): a Llama config, not Qwen2, so
-    AutoTokenizer reloads the saved folder with the same ids (DESIGN §2)."""
+    AutoTokenizer reloads the saved folder with the same ids."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 

@@ -1,5 +1,5 @@
 """The evaluation protocol's plain logic: method outputs, results table, paired differences,
-profile statistics and confusion matrices (DESIGN §6)."""
+profile statistics and confusion matrices."""
 
 from __future__ import annotations
 
