@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import sys
@@ -172,7 +173,7 @@ def print_report(dataset: str) -> bool:
     """The results table of a dataset's latest evaluation report; False when there is none."""
     import json
 
-    from lettingo_dagster.report.assets import reports_dir
+    from lettingo_dagster.paths import reports_dir
 
     summary_file = reports_dir(dataset) / "report.json"
     if not summary_file.is_file():
@@ -193,7 +194,14 @@ def print_report(dataset: str) -> bool:
             for d in summary.get(key, [])
         )
         print(f"{title}: {cells or 'n/a'}")
-    print(f"promotion: {summary['promotion']['decision']}")
+    print(f"headline metric: {summary.get('headline_metric', 'n/a')}")
+    reliability = summary.get("reward_reliability")
+    if reliability:
+        print(
+            f"reward reliability (split-half, Spearman-Brown, train users): "
+            f"{reliability['estimate']:.2f} [{reliability['low']:.2f}, {reliability['high']:.2f}]"
+        )
+    print(f"promotion: {summary['promotion'].get('verdict', summary['promotion'].get('decision'))}")
     print(f"report: {summary_file.with_name('report.html')}")
     return True
 
@@ -202,7 +210,15 @@ def _cmd_report(args: argparse.Namespace) -> int:
     from lettingo_dagster.registry import load_registry
 
     datasets = args.dataset or sorted(load_registry())
-    shown = [dataset for dataset in datasets if print_report(dataset)]
+    if args.json:
+        from lettingo_dagster.paths import reports_dir
+
+        files = [reports_dir(d) / "report.json" for d in datasets]
+        found = {f.parent.name: json.loads(f.read_text()) for f in files if f.is_file()}
+        if found:
+            print(json.dumps(found if len(datasets) > 1 else next(iter(found.values())), indent=1))
+            return 0
+    shown = [] if args.json else [dataset for dataset in datasets if print_report(dataset)]
     if not shown:
         print(
             f"no evaluation report yet for {', '.join(datasets)} under {lettingo_home()}: "
@@ -283,6 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     report = commands.add_parser("report", help="print the latest evaluation report")
     report.add_argument("--dataset", action="append", help="dataset(s); default: every one")
+    report.add_argument("--json", action="store_true", help="print report.json as it is")
     report.set_defaults(handler=_cmd_report)
 
     ui = commands.add_parser("ui", help="open the Dagster UI on the persistent instance")

@@ -7,9 +7,9 @@ from typing import Any
 
 import dagster as dg
 
+from lettingo_dagster.constants import OWNERS
 from lettingo_dagster.registry import load_registry
 
-OWNERS = ["team:lettingo"]
 # Read when the definitions load: a dataset added to the registry appears on reload.
 dataset_partitions = dg.StaticPartitionsDefinition(sorted(load_registry()))
 
@@ -19,13 +19,13 @@ def dataset_asset(
     key: str,
     group_name: str,
     kinds: set[str],
-    pool: str,
+    pool: str | None,
     description: str,
     code_version: str = "1",
     **kwargs: Any,
 ) -> Callable[..., dg.AssetsDefinition]:
-    """`dg.asset` partitioned by dataset and owned by the team; `pool` is `duckdb` for warehouse
-    writers and `gpu` for training (one at a time each, dagster.yaml)."""
+    """`dg.asset` partitioned by dataset and owned by the team; `pool` is one of
+    `constants.POOLS` (one step at a time each, dagster.yaml) or None for CPU steps."""
     return dg.asset(
         key=key,
         partitions_def=dataset_partitions,

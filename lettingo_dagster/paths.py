@@ -51,3 +51,8 @@ def model_cache_path() -> Path:
 def models_dir() -> Path:
     """Trained models: versioned folders per asset and dataset."""
     return lettingo_home() / "models"
+
+
+def reports_dir(dataset: str) -> Path:
+    """The latest evaluation report of a dataset (report.md, report.html, report.json, plots)."""
+    return lettingo_home() / "reports" / dataset

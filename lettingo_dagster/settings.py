@@ -15,6 +15,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from lettingo_dagster.constants import TargetProtocol
 from lettingo_dagster.paths import PRESETS_DIR
 
 DEFAULT_PRESET = "default"
@@ -37,10 +38,13 @@ class SplitSettings(_Section):
         17, description="Seed of the user-id hash that assigns train / calibration / test."
     )
     calibration_fraction: float = Field(
-        0.2, gt=0, lt=1, description="Share of users in the calibration split (choices and tuning)."
+        0.25,
+        gt=0,
+        lt=1,
+        description="Share of users in the calibration split (choices and tuning).",
     )
     test_fraction: float = Field(
-        0.2, gt=0, lt=1, description="Share of users held out for the evaluation report only."
+        0.25, gt=0, lt=1, description="Share of users held out for the evaluation report only."
     )
     max_users_per_split: int | None = Field(
         None,
@@ -69,12 +73,18 @@ class TaskSettings(_Section):
         le=1000,
         description="L: older interactions given to the profile generator (30, 50 or 70 in the paper).",
     )
-    targets_per_user: int = Field(
-        5,
-        ge=1,
-        le=100,
-        description="T: the user's last T interactions are targets (1 = the paper's last-item setting).",
+    targets: TargetProtocol = Field(
+        "heldout",
+        description="next: the user's last T interactions are targets, each with its own recent "
+        "window (the paper's protocol); heldout: a seeded random sample of T interactions, the "
+        "recent window is the K latest remaining ones and the long window the L before them.",
     )
+    targets_per_user: int | Literal["all"] = Field(
+        20,
+        description="T targets per user (1 with `next` = the paper's last-item setting); `all` "
+        "(heldout only): every interaction outside the two windows is a target.",
+    )
+    target_seed: int = Field(29, description="Seed of the held-out targets' sample.")
     like_threshold: float = Field(4.0, description="A rating at or above this is labelled 'like'.")
     dislike_threshold: float = Field(
         2.0, description="A rating at or below this is labelled 'dislike'; between is 'neutral'."
@@ -92,12 +102,21 @@ class TaskSettings(_Section):
     def _thresholds_ordered(self) -> TaskSettings:
         if self.dislike_threshold >= self.like_threshold:
             raise ValueError("dislike_threshold must be below like_threshold")
+        if isinstance(self.targets_per_user, int) and not 1 <= self.targets_per_user <= 1000:
+            raise ValueError("targets_per_user must be between 1 and 1000, or 'all'")
+        if self.targets_per_user == "all" and self.targets != "heldout":
+            raise ValueError("targets_per_user 'all' needs targets: heldout")
         return self
 
     @property
+    def min_targets(self) -> int:
+        """Targets a user must have: T, or at least one with `all`."""
+        return 1 if self.targets_per_user == "all" else int(self.targets_per_user)
+
+    @property
     def min_interactions(self) -> int:
-        """A user needs T targets, K recent items before the earliest target, and a full long window."""
-        return self.targets_per_user + self.recent_window + self.long_window
+        """A user needs T targets, K recent items and a full long window."""
+        return self.min_targets + self.recent_window + self.long_window
 
 
 class DataSettings(_Section):
@@ -111,14 +130,14 @@ class DataSettings(_Section):
 class DecodingSettings(_Section):
     temperature: float = Field(1.0, ge=0, le=5, description="Sampling temperature; 0 is greedy.")
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass.")
-    max_new_tokens: int = Field(128, ge=1, le=4096, description="Longest profile, in tokens.")
+    max_new_tokens: int = Field(96, ge=1, le=4096, description="Longest profile, in tokens.")
     seed: int = Field(
         0, description="Base seed of the samples (sample j of a prompt uses seed + j)."
     )
 
 
 class BaseGeneratorSettings(_Section):
-    """The project's own small causal LM (DESIGN §4), pretrained on writer profiles."""
+    """The project's own small causal LM, pretrained on writer profiles."""
 
     prompt_template: str = Field(
         "exploration_compact",
@@ -208,7 +227,7 @@ class ExplorerSettings(_Section):
         "listed in the model_call_failures table, and the next run asks again.",
     )
     batch_size: int = Field(
-        16, ge=1, le=1024, description="Prompts per generate call (local models)."
+        32, ge=1, le=1024, description="Prompts per generate call (local models)."
     )
     decoding: DecodingSettings = Field(default_factory=DecodingSettings, description="Sampling.")
 
@@ -247,12 +266,6 @@ class ExplorationSettings(_Section):
         description="Prompts per cache chunk of a local model (a crash loses one chunk; an "
         "endpoint's answers are kept one by one).",
     )
-    torch_threads: int = Field(
-        2,
-        ge=1,
-        le=256,
-        description="torch CPU threads (oversubscribing 2 cores slows generation 7x).",
-    )
 
     @model_validator(mode="after")
     def _unique_names(self) -> ExplorationSettings:
@@ -260,6 +273,30 @@ class ExplorationSettings(_Section):
         if len(names) != len(set(names)):
             raise ValueError(f"explorer names must be unique: {names}")
         return self
+
+
+class ComputeSettings(_Section):
+    """Where model work runs; read by every stage."""
+
+    torch_threads: int = Field(
+        2,
+        ge=1,
+        le=256,
+        description="torch CPU threads per process (oversubscribing 2 cores slows generation 7x).",
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="cuda when present (auto), or force one."
+    )
+
+
+class KnowledgeSettings(_Section):
+    """What the recommender knows about items, learned from training users' interactions only."""
+
+    factors: int = Field(32, ge=2, le=1024, description="Item factors (truncated SVD rank).")
+    min_item_users: int = Field(
+        2, ge=1, description="Items rated by fewer training users get no factors."
+    )
+    seed: int = Field(0, description="Seed of the SVD's random start.")
 
 
 class RecommenderSettings(_Section):
@@ -271,14 +308,30 @@ class RecommenderSettings(_Section):
         "profiles; llm: the paper's LLM recommender (label probabilities in one forward pass).",
     )
     task: Literal["sentiment", "ranking"] = Field(
-        "sentiment",
+        "ranking",
         description="sentiment: like / neutral / dislike of the target (the paper's); "
         "ranking: the target among its N negatives.",
     )
     use_item_stats: bool = Field(
         False,
-        description="Give the offline recommender the item's mean rating (collaborative "
-        "statistics; off, as the paper's recommender has none).",
+        description="Give the offline recommender the item's mean rating and count from the "
+        "fit users' windows (superseded by use_item_knowledge).",
+    )
+    use_item_knowledge: bool = Field(
+        True,
+        description="The offline recommender knows the items as an LLM knows films: item "
+        "factors and popularity from training users (asset item_knowledge) relate the recent "
+        "window, and the items and genres a profile names, to each candidate.",
+    )
+    knowledge: KnowledgeSettings = Field(
+        default_factory=KnowledgeSettings, description="Item knowledge (asset item_knowledge)."
+    )
+    reward: Literal["continuous", "binary"] = Field(
+        "continuous",
+        description="continuous: per target the log-probability of the truth (sentiment) or "
+        "the target's log-softmax among its candidates (ranking), minus the same user's "
+        "no-profile score on that target, averaged over targets; binary: the paper's fraction "
+        "of targets right.",
     )
     model: ExplorerSettings | None = Field(
         None,
@@ -296,6 +349,20 @@ class RecommenderSettings(_Section):
         if self.kind == "llm" and self.model is None:
             raise ValueError("kind llm needs a model entry")
         return self
+
+
+class OracleSettings(_Section):
+    """The oracle study: how much room a profile has, before any generator is trained."""
+
+    protocols: list[TargetProtocol] = Field(
+        default_factory=lambda: ["next", "heldout"],
+        description="Target protocols compared (the preset's task.targets is always included).",
+    )
+    tasks: list[Literal["sentiment", "ranking"]] = Field(
+        default_factory=lambda: ["ranking"],
+        description="Tasks compared (the preset's recommender.task is always included).",
+    )
+    n_folds: int = Field(5, ge=2, le=20, description="Cross-fitting folds over users.")
 
 
 class PairSettings(_Section):
@@ -321,7 +388,18 @@ class PairSettings(_Section):
         description="Keep as many A-over-B as B-over-A pairs for every two sources, so no "
         "explorer or style wins by its format.",
     )
-    min_pairs: int = Field(20, ge=1, description="Fewer pairs than this fails the blocking check.")
+    min_pairs: int = Field(50, ge=1, description="Fewer pairs than this fails the blocking check.")
+    swap_chosen_rejected: bool = Field(
+        False,
+        description="NEGATIVE CONTROL ONLY: swap every pair's chosen and rejected profile. DPO "
+        "must then not improve on the base generator (bench/learning_control.py).",
+    )
+    min_z: float = Field(
+        2.0,
+        ge=0,
+        description="Pair two profiles only when their paired reward difference over the "
+        "user's targets exceeds min_z standard errors (0: any difference).",
+    )
     seed: int = Field(0, description="Seed of capping and balancing.")
 
 
@@ -351,8 +429,8 @@ class DpoSettings(_Section):
     loss_type: Literal["sigmoid", "hinge", "ipo", "robust", "bco_pair", "sppo_hard", "nca_pair"] = (
         Field("sigmoid", description="TRL loss type (sigmoid is the paper's DPO loss).")
     )
-    learning_rate: float = Field(5e-4, gt=0, le=1, description="Peak learning rate.")
-    epochs: float = Field(2, gt=0, le=100, description="Epochs over the training pairs.")
+    learning_rate: float = Field(1e-3, gt=0, le=1, description="Peak learning rate.")
+    epochs: float = Field(1, gt=0, le=100, description="Epochs over the training pairs.")
     batch_size: int = Field(16, ge=1, le=4096, description="Pairs per step and process.")
     gradient_accumulation_steps: int = Field(1, ge=1, le=1024, description="Steps per update.")
     max_length: int = Field(
@@ -365,10 +443,10 @@ class DpoSettings(_Section):
         "model in memory while training).",
     )
     max_train_pairs: int | None = Field(
-        None, ge=1, description="Train on at most this many pairs (seeded sample; null: all)."
+        640, ge=1, description="Train on at most this many pairs (seeded sample; null: all)."
     )
     heldout_pairs: int = Field(
-        512,
+        192,
         ge=1,
         description="Calibration users' pairs (at most this many) that measure held-out "
         "preference accuracy.",
@@ -380,15 +458,12 @@ class DpoSettings(_Section):
         description="Training processes torchrun starts (gloo on CPU, NCCL on GPU).",
     )
     logging_steps: int = Field(5, ge=1, description="Log the TRL metrics every this many steps.")
-    save_steps: int = Field(50, ge=1, description="Checkpoint every this many steps (resume).")
-    device: Literal["auto", "cpu", "cuda"] = Field(
-        "auto", description="cuda when present (auto), or force one."
-    )
+    save_steps: int = Field(20, ge=1, description="Checkpoint every this many steps (resume).")
     seed: int = Field(0, description="Seed of data order and initialization.")
 
 
 class ReportSettings(_Section):
-    """The evaluation report on held-out test users (DESIGN section 6)."""
+    """The evaluation report on held-out test users."""
 
     samples_per_user: int = Field(
         2, ge=1, le=64, description="Profiles each generator writes per test user."
@@ -398,10 +473,17 @@ class ReportSettings(_Section):
         2000, description="The base generator's other seed: the null check (base against base)."
     )
     n_boot: int = Field(1000, ge=100, le=100000, description="Bootstrap resamples over users.")
-    promotion_metric: str = Field(
-        "",
-        description="Metric the champion is chosen by (empty: accuracy for sentiment, "
-        "hit_rate@1 for ranking).",
+    headline_metric: str = Field(
+        "hit_rate@1",
+        description="The one metric every decision uses (DPO beats base, promotion), fixed "
+        "before test users are scored; chosen on calibration users by the oracle study. The "
+        "other metrics are descriptive.",
+    )
+    null_margin: float = Field(
+        1.0,
+        ge=0,
+        description="Promotion also needs the candidate's paired lower bound to exceed "
+        "null_margin times the null check's absolute estimate (what resampling alone moves).",
     )
 
 
@@ -413,11 +495,17 @@ class Preset(_Section):
     base_generator: BaseGeneratorSettings = Field(
         default_factory=BaseGeneratorSettings, description="The project's own small generator."
     )
+    compute: ComputeSettings = Field(
+        default_factory=ComputeSettings, description="Threads and device for model work."
+    )
     exploration: ExplorationSettings = Field(
         default_factory=ExplorationSettings, description="Stage 1: candidate profiles."
     )
     recommender: RecommenderSettings = Field(
         default_factory=RecommenderSettings, description="Stage 2: the recommender."
+    )
+    oracle: OracleSettings = Field(
+        default_factory=OracleSettings, description="The oracle study (calibration users)."
     )
     pairs: PairSettings = Field(
         default_factory=PairSettings, description="Stage 3: preference pairs."

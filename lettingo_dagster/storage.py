@@ -7,13 +7,19 @@ Every warehouse table is named after the asset that writes it, partitioned by `d
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 
 import dagster as dg
 import duckdb
 import pandas as pd
 
-MATERIALIZE_COMMAND = "dagster asset materialize -m lettingo_dagster.definitions --select {asset} --partition {dataset}"
+MATERIALIZE_COMMAND = (
+    "dagster asset materialize -m lettingo_dagster.definitions "
+    "--select {asset} --partition {dataset}"
+)
 _MISSING_TABLE = re.compile(r"Table with name (\w+) does not exist")
+# Tables whose asset may write no rows for a materialized partition (no items file).
+MAY_BE_EMPTY = frozenset({"items"})
 
 
 def upstream_missing(asset: str, dataset: str | None, why: str) -> dg.Failure:
@@ -25,8 +31,8 @@ def upstream_missing(asset: str, dataset: str | None, why: str) -> dg.Failure:
         description=(
             f"upstream asset {asset!r} is not materialized for {partition} ({why}). "
             f"Materialize it first: in the Dagster UI (Catalog > {asset} > Materialize, "
-            f"{partition}), or `{command}` with the same DAGSTER_HOME, or `lettingo run` "
-            "for the whole graph."
+            f"{partition}), or `{command}` under the same LETTINGO_HOME and DAGSTER_HOME, or "
+            "`lettingo run` for the whole graph."
         ),
         metadata={"missing_asset": asset, "partition": dataset or ""},
         allow_retries=False,
@@ -34,24 +40,25 @@ def upstream_missing(asset: str, dataset: str | None, why: str) -> dg.Failure:
 
 
 def require_partition(
-    con: duckdb.DuckDBPyConnection, table: str, dataset: str, *, may_be_empty: bool = False
+    con: duckdb.DuckDBPyConnection, tables: str | Sequence[str], dataset: str
 ) -> None:
-    """Fail the step with `upstream_missing` unless `table` holds rows of `dataset` (or, with
-    `may_be_empty`, exists at all: an asset that may legitimately write no rows)."""
-    (exists,) = con.execute(
-        "SELECT count(*) FROM information_schema.tables "
-        "WHERE table_name = ? AND table_schema = current_schema()",
-        [table],
-    ).fetchone()
-    if not exists:
-        raise upstream_missing(table, dataset, f"the warehouse has no {table} table")
-    if may_be_empty:
-        return
-    (present,) = con.execute(
-        f"SELECT EXISTS (SELECT 1 FROM {table} WHERE dataset = ?)", [dataset]
-    ).fetchone()
-    if not present:
-        raise upstream_missing(table, dataset, f"{table} has no rows of {dataset!r}")
+    """Fail the step with `upstream_missing` unless each of `tables` holds rows of `dataset`
+    (for `items`, which a dataset without an items file leaves empty: unless it exists)."""
+    for table in [tables] if isinstance(tables, str) else tables:
+        (exists,) = con.execute(
+            "SELECT count(*) FROM information_schema.tables "
+            "WHERE table_name = ? AND table_schema = current_schema()",
+            [table],
+        ).fetchone()
+        if not exists:
+            raise upstream_missing(table, dataset, f"the warehouse has no {table} table")
+        if table in MAY_BE_EMPTY:
+            continue
+        (present,) = con.execute(
+            f"SELECT EXISTS (SELECT 1 FROM {table} WHERE dataset = ?)", [dataset]
+        ).fetchone()
+        if not present:
+            raise upstream_missing(table, dataset, f"{table} has no rows of {dataset!r}")
 
 
 def missing_table_failure(error: duckdb.CatalogException) -> dg.Failure | None:

@@ -6,6 +6,7 @@ import dagster as dg
 import yaml
 
 from lettingo_dagster.cli import prepare_dagster_home
+from lettingo_dagster.constants import POOL_WAREHOUSE
 from lettingo_dagster.definitions import defs
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -36,10 +37,10 @@ def test_assets_read_well_in_the_catalog() -> None:
         assert node.partitions_def is not None
 
 
-def test_data_assets_write_through_the_duckdb_pool() -> None:
+def test_data_assets_write_through_the_warehouse_pool() -> None:
     graph = defs.resolve_asset_graph()
     for name in DATA_ASSETS:
-        assert graph.get(dg.AssetKey(name)).pools == {"duckdb"}
+        assert graph.get(dg.AssetKey(name)).pools == {POOL_WAREHOUSE}
 
 
 def test_partitions_come_from_the_registry() -> None:

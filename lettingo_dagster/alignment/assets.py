@@ -13,7 +13,9 @@ from dagster._core.errors import DagsterPipesExecutionError  # not exported by d
 from pydantic import Field
 
 from lettingo_dagster.alignment.pairs import PAIR_COLUMNS, PairOptions, build_pairs, pair_summary
+from lettingo_dagster.alignment.policy import policy_folder, policy_kind
 from lettingo_dagster.checks import check_results, check_specs
+from lettingo_dagster.constants import POOL_MODEL, POOL_WAREHOUSE
 from lettingo_dagster.dataset_assets import dataset_asset
 from lettingo_dagster.exploration.base_generator import SPECIAL_TOKENS
 from lettingo_dagster.exploration.history import load_long_windows
@@ -21,12 +23,17 @@ from lettingo_dagster.exploration.prompts import load_template
 from lettingo_dagster.paths import models_dir
 from lettingo_dagster.quality import CheckRule, expect, validate_rules
 from lettingo_dagster.resources import SettingsResource, Warehouse
-from lettingo_dagster.settings import DpoSettings, Preset, active_preset
-from lettingo_dagster.storage import markdown_preview, replace_partition_from_frame
+from lettingo_dagster.settings import DpoSettings, Preset
+from lettingo_dagster.storage import (
+    markdown_preview,
+    replace_partition_from_frame,
+    require_partition,
+)
 from lettingo_dagster.tracking import MlflowTracking, experiment_name, registered_model_name
 
 
-def pair_rules(min_pairs: int) -> list[CheckRule]:
+def pair_rules(min_pairs: int = 1) -> list[CheckRule]:
+    """The pair checks; descriptions do not depend on the preset (specs are made at import)."""
     return [
         CheckRule(
             name="texts_present_and_distinct",
@@ -57,7 +64,7 @@ def pair_rules(min_pairs: int) -> list[CheckRule]:
         ),
         CheckRule(
             name="enough_pairs",
-            description=f"At least {min_pairs} training pairs (the preset's pairs.min_pairs).",
+            description="At least the preset's pairs.min_pairs training pairs.",
             frame="train_pairs",
             expectations=(expect("ExpectTableRowCountToBeBetween", min_value=min_pairs),),
         ),
@@ -76,7 +83,7 @@ def pair_frames(pairs: pd.DataFrame) -> dict[str, pd.DataFrame]:
     key="preference_pairs",
     group_name="alignment",
     kinds={"duckdb"},
-    pool="duckdb",
+    pool=POOL_WAREHOUSE,
     deps=["reward_scores", "sampled_profiles"],
     description=(
         "Stage 3 input: every (better, worse) pair of a user's candidate profiles whose binary "
@@ -84,7 +91,7 @@ def pair_frames(pairs: pd.DataFrame) -> dict[str, pd.DataFrame]:
         "(the generator's exploration prompt over the long window), both texts, rewards and "
         "sources. Train users' pairs train DPO; calibration users' pairs are its held-out slice."
     ),
-    check_specs=check_specs("preference_pairs", pair_rules(active_preset().pairs.min_pairs)),
+    check_specs=check_specs("preference_pairs", pair_rules()),
 )
 def preference_pairs(
     context: dg.AssetExecutionContext, settings: SettingsResource, warehouse: Warehouse
@@ -93,10 +100,11 @@ def preference_pairs(
     dataset = context.partition_key
     config = preset.pairs
     with warehouse.get_connection() as con:
+        require_partition(con, ("reward_scores", "sampled_profiles", "task_samples"), dataset)
         rewards = con.execute(
             """
             SELECT r.dataset, r.user_id, r.split, r.explorer, r.style, r.profile_id, p.profile,
-                   r.binary_reward, r.graded_reward
+                   r.binary_reward, r.graded_reward, r.reward, r.target_rewards
             FROM reward_scores r JOIN sampled_profiles p USING (dataset, profile_id)
             WHERE r.dataset = ? ORDER BY r.user_id, r.explorer, r.style, r.sample_index
             """,
@@ -111,7 +119,9 @@ def preference_pairs(
         prompt = template.render(history, specials)
         prompts[history.user_id] = (prompt.system, prompt.user)
     options = PairOptions(
-        graded_margin=config.graded_margin, max_pairs_per_user=config.max_pairs_per_user,
+        graded_margin=config.graded_margin, min_z=config.min_z,
+        swap=config.swap_chosen_rejected,
+        max_pairs_per_user=config.max_pairs_per_user,
         scope=config.scope, balance_sources=config.balance_sources, seed=config.seed,
     )  # fmt: skip
     pairs = build_pairs(rewards, prompts, options)
@@ -193,18 +203,6 @@ class DpoRunConfig(dg.Config):
         return DpoSettings.model_validate(raw)
 
 
-def policy_kind(preset: Preset) -> str:
-    return next(e.kind for e in preset.exploration.explorers if e.name == preset.dpo.policy)
-
-
-def policy_folder(preset: Preset, policy: str, base_generator_dir: str) -> str:
-    explorer = next(e for e in preset.exploration.explorers if e.name == policy)
-    if explorer.kind == "base_generator":
-        return base_generator_dir
-    assert explorer.path is not None  # the preset validates this
-    return explorer.path
-
-
 def _dpo_rules() -> list[dg.AssetCheckSpec]:
     return [
         dg.AssetCheckSpec(
@@ -250,7 +248,7 @@ def _reload_and_generate(model_dir: str, pairs: pd.DataFrame, preset: Preset) ->
     from lettingo_dagster.models.local import LocalCausalLM
 
     try:
-        model = LocalCausalLM(model_dir, torch_threads=preset.exploration.torch_threads)
+        model = LocalCausalLM(model_dir, torch_threads=preset.compute.torch_threads)
         rows = pairs.head(2)
         prompts = [
             ChatPrompt(system=s or None, user=u)
@@ -276,7 +274,7 @@ def _launch_command(job_file: Path, processes: int) -> list[str]:
     key="dpo_checkpoint",
     group_name="alignment",
     kinds={"pytorch", "mlflow"},
-    pool="gpu",
+    pool=POOL_MODEL,
     deps=["preference_pairs"],
     description=(
         "Stage 3 of LettinGo: the profile generator aligned with DPO (TRL's DPOTrainer) on the "
@@ -306,6 +304,7 @@ def dpo_checkpoint(
     dpo = config.apply(preset.dpo)
     policy = config.policy_path or policy_folder(preset, dpo.policy, base_generator)
     with warehouse.get_connection() as con:
+        require_partition(con, "preference_pairs", dataset)
         train = _sample_pairs(con, dataset, "train", dpo.max_train_pairs, dpo.seed)
         heldout = _sample_pairs(con, dataset, "calibration", dpo.heldout_pairs, dpo.seed)
     if train.empty:
@@ -315,7 +314,7 @@ def dpo_checkpoint(
         json.dumps(
             {
                 "policy": folder_digest(Path(policy)),
-                "settings": dpo.model_dump(exclude={"processes", "device"}),
+                "settings": dpo.model_dump(exclude={"processes"}),
                 "train": _frame_digest(train, text_columns),
                 "heldout": _frame_digest(heldout, text_columns),
             },
@@ -364,7 +363,7 @@ def dpo_checkpoint(
                     "preset": preset.name,
                 },
             )
-            threads = max(1, preset.exploration.torch_threads // dpo.processes)
+            threads = max(1, preset.compute.torch_threads // dpo.processes)
             job = DpoJob(
                 policy_path=policy,
                 train_pairs=str(out / "pairs_train.parquet"),
@@ -372,6 +371,7 @@ def dpo_checkpoint(
                 output_dir=str(out),
                 settings=dpo.model_dump(),
                 torch_threads=threads,
+                device=preset.compute.device,
                 mlflow_tracking_uri=mlflow.tracking_uri,
                 mlflow_run_id=run_id,
             )
@@ -433,8 +433,11 @@ def dpo_checkpoint(
             mlflow.log_artifact(run_id, pairs_summary)
             mlflow.log_artifact(run_id, out / "training_report.json")
             model_version = mlflow.register(
-                name, run, "model", tags={"dagster.run_id": context.run.run_id, "dataset": dataset}
-            )
+                name, run, "model",
+                tags={"dagster.run_id": context.run.run_id, "dataset": dataset,
+                      # heldout_profiles samples the champion from here on later runs.
+                      "lettingo.model_dir": report.model_dir},
+            )  # fmt: skip
             registration = {
                 "run_id": run_id,
                 "version": model_version,

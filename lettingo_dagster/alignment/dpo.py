@@ -24,7 +24,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -33,7 +32,9 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-if TYPE_CHECKING:  # torch, transformers and trl load lazily (DESIGN §2)
+from lettingo_dagster.folders import write_folder_atomically
+
+if TYPE_CHECKING:  # torch, transformers and trl load lazily: importing stays fast
     from transformers import PreTrainedTokenizerBase, TrainerCallback
 
 JOB_FILE = "job.json"
@@ -66,6 +67,7 @@ class DpoJob:
     output_dir: str
     settings: dict[str, Any]  # DpoSettings.model_dump()
     torch_threads: int = 2
+    device: str = "auto"  # ComputeSettings.device: auto, cpu or cuda
     mlflow_tracking_uri: str | None = None
     mlflow_run_id: str | None = None
 
@@ -225,7 +227,7 @@ def _device(setting: str) -> str:
     if setting == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if setting == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("dpo.device is cuda but no CUDA device is visible")
+        raise RuntimeError("compute.device is cuda but no CUDA device is visible")
     return setting
 
 
@@ -255,7 +257,7 @@ def train_dpo(
     torch.set_num_threads(max(1, job.torch_threads))
     out = Path(job.output_dir)
     checkpoints = out / "checkpoints"
-    device = _device(settings["device"])
+    device = _device(job.device)
     tokenizer = AutoTokenizer.from_pretrained(job.policy_path, local_files_only=True)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -306,7 +308,7 @@ def train_dpo(
         report_to="none",  # metrics go to MLflow through on_metrics, from rank 0 only
         use_cpu=device == "cpu",
         bf16=False,
-        # trl turns this on by default; it only slows a model this small (DESIGN §4).
+        # trl turns this on by default; it only slows a model this small.
         gradient_checkpointing=False,
         dataloader_num_workers=0,
         disable_tqdm=True,
@@ -398,10 +400,7 @@ def _save(trainer: Any, tokenizer: Any, out: Path, lora: bool) -> None:
 
 
 def _save_folder(model: Any, tokenizer: Any, folder: Path) -> None:
-    """save_pretrained under a temporary name, then rename: never half a model."""
-    partial = folder.with_name(f".{folder.name}.partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    model.save_pretrained(partial)
-    tokenizer.save_pretrained(partial)
-    shutil.rmtree(folder, ignore_errors=True)
-    partial.rename(folder)
+    """save_pretrained whole or not at all: never half a model."""
+    with write_folder_atomically(folder) as scratch:
+        model.save_pretrained(scratch)
+        tokenizer.save_pretrained(scratch)

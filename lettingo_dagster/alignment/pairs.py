@@ -1,8 +1,10 @@
-"""Preference pairs (METHOD.md, stage 3): every (better, worse) pair of a user's candidates.
+"""Preference pairs (stage 3): every (better, worse) pair of a user's candidates.
 
-With the binary reward (the fraction of the user's targets the recommender got right with the
-profile) a pair needs different rewards; with one target per user this is exactly the paper's
-right-versus-wrong rule. Options: a graded margin (the probability of the truth must also differ
+Candidates are compared on `reward` (continuous gain over no profile, or the binary fraction of
+targets right). With `min_z` > 0 a pair also needs its paired difference over the user's targets
+to exceed min_z standard errors: with few targets most differences are target noise, and DPO
+would learn whatever style the noise favoured. With the binary reward, one target per user and
+min_z 0 this is exactly the paper's right-versus-wrong rule. Options: a graded margin (the probability of the truth must also differ
 by at least the margin, in the same direction), a cap per user, pairs only within one explorer,
 and balancing so that no explorer or style is preferred over another just by its format.
 """
@@ -39,6 +41,8 @@ PAIR_COLUMNS = {
 @dataclass(frozen=True)
 class PairOptions:
     graded_margin: float = 0.0  # 0: binary rule only
+    min_z: float = 0.0  # paired difference over targets / its standard error must exceed this
+    swap: bool = False  # negative control: chosen and rejected trade places
     max_pairs_per_user: int | None = None
     scope: Literal["all", "within_explorer"] = "all"
     balance_sources: bool = False
@@ -55,16 +59,30 @@ def _seeded_rng(seed: int, key: str) -> np.random.Generator:
     return np.random.default_rng(int.from_bytes(digest[:8], "big"))
 
 
+def clears_noise(a: object, b: object, min_z: float) -> bool:
+    """Does the mean paired difference of two profiles' per-target rewards exceed min_z
+    standard errors? With fewer than two targets there is no standard error: any difference."""
+    d = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
+    if len(d) < 2:
+        return bool(np.any(d != 0))
+    se = d.std(ddof=1) / np.sqrt(len(d))
+    return bool(abs(d.mean()) > min_z * se) if se > 0 else bool(d.mean() != 0)
+
+
 def _user_pairs(user: pd.DataFrame, options: PairOptions) -> list[tuple[int, int]]:
     """(chosen row, rejected row) index pairs of one user's candidates."""
     pairs = []
     rows = list(user.itertuples())
     for a, b in combinations(rows, 2):
-        if a.binary_reward == b.binary_reward or a.profile == b.profile:
+        if a.reward == b.reward or a.profile == b.profile:
             continue
         if options.scope == "within_explorer" and a.explorer != b.explorer:
             continue
-        better, worse = (a, b) if a.binary_reward > b.binary_reward else (b, a)
+        if options.min_z > 0 and not clears_noise(
+            a.target_rewards, b.target_rewards, options.min_z
+        ):
+            continue
+        better, worse = (a, b) if a.reward > b.reward else (b, a)
         if (
             options.graded_margin > 0
             and better.graded_reward - worse.graded_reward < options.graded_margin
@@ -108,7 +126,7 @@ def build_pairs(
     """Pairs from per-profile rewards.
 
     `rewards` has one row per candidate profile: dataset, user_id, split, explorer, style,
-    profile_id, profile, binary_reward, graded_reward. `prompts` maps a user to the DPO prompt
+    profile_id, profile, reward, target_rewards, graded_reward. `prompts` maps a user to the DPO prompt
     (system, user): the exploration prompt over the user's long window.
     """
     frame = rewards.reset_index(drop=True)
@@ -131,8 +149,8 @@ def build_pairs(
             "rejected": rejected["profile"],
             "chosen_profile_id": chosen["profile_id"],
             "rejected_profile_id": rejected["profile_id"],
-            "chosen_reward": chosen["binary_reward"].astype(float),
-            "rejected_reward": rejected["binary_reward"].astype(float),
+            "chosen_reward": chosen["reward"].astype(float),
+            "rejected_reward": rejected["reward"].astype(float),
             "chosen_graded": chosen["graded_reward"].astype(float),
             "rejected_graded": rejected["graded_reward"].astype(float),
             "chosen_source": [
@@ -148,7 +166,20 @@ def build_pairs(
     )
     if options.balance_sources:
         pairs = _balance(pairs, options.seed)
+    if options.swap:
+        pairs = swap_sides(pairs)
     return pairs.reset_index(drop=True)
+
+
+def swap_sides(pairs: pd.DataFrame) -> pd.DataFrame:
+    """Every pair with chosen and rejected exchanged (the negative control)."""
+    renamed = {}
+    for column in pairs.columns:
+        if column.startswith("chosen"):
+            renamed[column] = "rejected" + column[len("chosen") :]
+        elif column.startswith("rejected"):
+            renamed[column] = "chosen" + column[len("rejected") :]
+    return pairs.rename(columns=renamed)[list(pairs.columns)]
 
 
 def pair_summary(pairs: pd.DataFrame, users_with_candidates: int) -> dict[str, float]:

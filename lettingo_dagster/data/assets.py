@@ -10,6 +10,7 @@ import pandas as pd
 from pydantic import Field
 
 from lettingo_dagster.checks import check_results, check_specs
+from lettingo_dagster.constants import POOL_WAREHOUSE, SPLITS
 from lettingo_dagster.data.fetch import FETCHABLE, fetch_dataset
 from lettingo_dagster.data.landing import file_sha256, newest_landed_file
 from lettingo_dagster.data.rules import (
@@ -20,18 +21,18 @@ from lettingo_dagster.data.rules import (
     task_sample_frames,
     task_sample_rules,
 )
-from lettingo_dagster.data.samples import LABELS, SPLITS, TASK_SAMPLE_COLUMNS, build_task_samples
+from lettingo_dagster.data.samples import LABELS, TASK_SAMPLE_COLUMNS, build_task_samples
 from lettingo_dagster.dataset_assets import dataset_asset
 from lettingo_dagster.paths import data_cache_dir, landing_dir
 from lettingo_dagster.quality import validate_rules
 from lettingo_dagster.registry import DatasetEntry, get_dataset
 from lettingo_dagster.resources import SettingsResource, Warehouse
-from lettingo_dagster.settings import active_preset
 from lettingo_dagster.storage import (
     create_table_if_missing,
     markdown_preview,
     replace_partition,
     replace_partition_from_frame,
+    require_partition,
 )
 
 INTERACTION_COLUMNS = {
@@ -118,7 +119,7 @@ def _load_failure(exc: Exception) -> dg.Failure:
     key="interactions",
     group_name="data",
     kinds={"duckdb"},
-    pool="duckdb",
+    pool=POOL_WAREHOUSE,
     description=(
         "Every (user, item, rating, timestamp) of one dataset, loaded in the registry's format "
         "from the run config's source_file, else the newest file in the dataset's landing "
@@ -201,7 +202,7 @@ def interactions(
     key="items",
     group_name="data",
     kinds={"duckdb"},
-    pool="duckdb",
+    pool=POOL_WAREHOUSE,
     description=(
         "Item text normalized across formats: title, year, genres or categories, description. "
         "Empty for a dataset whose registry entry has no items file."
@@ -284,16 +285,17 @@ def _label_distribution(samples: pd.DataFrame) -> pd.DataFrame:
     key="task_samples",
     group_name="data",
     kinds={"duckdb", "python"},
-    pool="duckdb",
+    pool=POOL_WAREHOUSE,
     deps=["interactions", "items"],
     description=(
-        "One row per (eligible user, target): the user's last T interactions are targets, each "
-        "with its K recent interactions; the long window of up to L older interactions (what the "
-        "profile generator reads) ends before the earliest target's recent window; the 3-class "
-        "label; N seeded negatives for ranking; a train / calibration / test split by a seeded "
-        "hash of the user id."
+        "One row per (eligible user, target). Targets follow task.targets: next (the user's last "
+        "T interactions, each with its K recent interactions) or heldout (T interactions drawn "
+        "at random, the K latest remaining ones as the recent window); the long window of L "
+        "older interactions (what the profile generator reads) never holds a target or a recent "
+        "item; the 3-class label; N seeded negatives for ranking; a train / calibration / test "
+        "split by a seeded hash of the user id."
     ),
-    check_specs=check_specs("task_samples", task_sample_rules(active_preset().task)),
+    check_specs=check_specs("task_samples", task_sample_rules()),
 )
 def task_samples(
     context: dg.AssetExecutionContext, settings: SettingsResource, warehouse: Warehouse
@@ -302,6 +304,7 @@ def task_samples(
     task = settings.load().task
     started = time.perf_counter()
     with warehouse.get_connection() as con:
+        require_partition(con, ("interactions", "items"), dataset)
         samples, stats = build_task_samples(con, dataset, task)
         rows = replace_partition_from_frame(
             con, "task_samples", dataset, samples, TASK_SAMPLE_COLUMNS
@@ -323,7 +326,8 @@ def task_samples(
         "candidate_items": stats.candidate_items,
         "K_recent_window": task.recent_window,
         "L_long_window": task.long_window,
-        "T_targets_per_user": task.targets_per_user,
+        "target_protocol": task.targets,
+        "T_targets_per_user": str(task.targets_per_user),
         "N_negatives": task.negatives_per_target,
         "labels_per_split": dg.MetadataValue.md(
             markdown_preview(_label_distribution(samples), rows=3)

@@ -6,7 +6,8 @@ from __future__ import annotations
 import duckdb
 import pandas as pd
 
-from lettingo_dagster.data.samples import LABELS, SPLITS
+from lettingo_dagster.constants import SPLITS
+from lettingo_dagster.data.samples import LABELS
 from lettingo_dagster.quality import CheckRule, expect
 from lettingo_dagster.settings import TaskSettings
 
@@ -68,7 +69,10 @@ def item_rules() -> list[CheckRule]:
     ]
 
 
-def task_sample_rules(task: TaskSettings) -> list[CheckRule]:
+def task_sample_rules(task: TaskSettings | None = None) -> list[CheckRule]:
+    """The task_samples checks. Names and descriptions never depend on the preset (check specs
+    are made when the definitions load); the bounds come from `task` when the checks run."""
+    task = task or TaskSettings()
     label_rules = [
         CheckRule(
             name=f"labels_present_{split}",
@@ -86,8 +90,8 @@ def task_sample_rules(task: TaskSettings) -> list[CheckRule]:
         CheckRule(
             name="window_lengths",
             description=(
-                f"Every target has exactly K={task.recent_window} recent items, a long window of "
-                f"L={task.long_window} items and N={task.negatives_per_target} distinct negatives."
+                "Every target has exactly the preset's K recent items, a long window of L items "
+                "and N distinct negatives."
             ),
             frame="windows",
             expectations=(
@@ -114,13 +118,19 @@ def task_sample_rules(task: TaskSettings) -> list[CheckRule]:
         CheckRule(
             name="no_leakage",
             description=(
-                "No target or recent-window item appears in any long window of the user, and the "
-                "long window ends before the earliest target's recent window."
+                "No target or recent-window item appears in any long window of the user, no target "
+                "in its own recent window, and the long window ends before the recent window."
             ),
             frame="windows",
             expectations=(
                 expect(
                     "ExpectColumnValuesToBeBetween", column="leaked_items", min_value=0, max_value=0
+                ),
+                expect(
+                    "ExpectColumnValuesToBeBetween",
+                    column="target_in_recent",
+                    min_value=0,
+                    max_value=0,
                 ),
                 expect(
                     "ExpectColumnValuesToBeBetween",
@@ -183,6 +193,8 @@ def task_sample_frames(con: duckdb.DuckDBPyConnection, dataset: str) -> dict[str
                len(list_distinct(list_filter(s.negative_item_ids, lambda x: x <> s.target_item_id)))
                    AS distinct_negatives,
                len(list_intersect(s.long_item_ids, u.raw_items)) AS leaked_items,
+               CAST(list_contains(s.recent_item_ids, s.target_item_id) AS INTEGER)
+                   AS target_in_recent,
                CAST(list_max(s.long_timestamps) > u.earliest_recent AS INTEGER) AS long_after_recent,
                r.rated_negatives
         FROM s JOIN user_windows u USING (user_id)

@@ -1,9 +1,19 @@
-"""Task samples (METHOD.md, DESIGN §3): targets, recent and long windows, labels, negatives, split.
+"""Task samples: targets, recent and long windows, labels, negatives, split.
 
-For each eligible user the last T interactions are targets. Each target keeps its own K recent
-interactions; the long window holds up to L older interactions and ends before the earliest
-target's recent window, so no profile ever sees a target or a recent window. Users are split by a
-seeded hash of their id alone, so adding users never moves existing ones.
+Two target protocols (`task.targets`):
+
+- `next` (the paper's): the last T interactions are targets. Each target keeps its own K recent
+  interactions; the long window holds up to L older interactions and ends before the earliest
+  target's recent window.
+- `heldout`: T interactions drawn at random (seeded by user and item, so adding data does not
+  redraw a user's targets) are held out; the recent window is the K latest remaining
+  interactions, the long window the L before them. With `targets_per_user: all` the windows are
+  the K + L latest interactions and every earlier one is a target. Ratings come in sessions, so
+  next-item targets are mostly predicted by their session mates in the recent window; held-out
+  targets measure taste, which is what a profile of the long window can carry.
+
+Either way no profile ever sees a target or a recent window. Users are split by a seeded hash of
+their id alone, so adding users never moves existing ones.
 """
 
 from __future__ import annotations
@@ -18,13 +28,12 @@ import pandas as pd
 from lettingo_dagster.settings import SplitSettings, TaskSettings
 
 LABELS = ("dislike", "neutral", "like")
-SPLITS = ("train", "calibration", "test")
 
 TASK_SAMPLE_COLUMNS = {
     "dataset": "VARCHAR",
     "user_id": "VARCHAR",
     "split": "VARCHAR",
-    "target_index": "INTEGER",  # 0 = the user's last interaction (the paper's target)
+    "target_index": "INTEGER",  # 0 = the user's latest target (with `next`: the last interaction)
     "target_item_id": "VARCHAR",
     "target_rating": "DOUBLE",
     "target_timestamp": "BIGINT",
@@ -81,7 +90,7 @@ def rating_label(rating: float, task: TaskSettings) -> str:
     return "neutral"
 
 
-_WINDOWS_SQL = """
+_EVENTS_SQL = """
 WITH events AS (
     -- A re-rated item counts once, at its latest rating, so windows never repeat an item.
     SELECT user_id, item_id, rating, "timestamp"
@@ -98,8 +107,11 @@ sequenced AS (
 ),
 eligible AS (
     SELECT s.* FROM sequenced s JOIN kept_users k USING (user_id) WHERE s.n >= $min_n
-),
-targets AS (
+)
+"""
+
+_NEXT_SQL = """
+, targets AS (
     SELECT user_id, pos, item_id, rating, "timestamp", n
     FROM eligible WHERE pos >= n - $t
 ),
@@ -121,10 +133,56 @@ long_window AS (
     WHERE pos BETWEEN n - $t - $k - $l AND n - $t - $k - 1
     GROUP BY user_id
 )
+"""
+
+# Held-out targets: a draw ordered by md5(seed, user, item), stable across runs and machines and
+# independent of the user's other items; the windows are the latest remaining interactions.
+_HELDOUT_SQL = """
+, drawn AS (
+    SELECT *, row_number() OVER (
+        PARTITION BY user_id ORDER BY md5($seed || ':' || user_id || ':' || item_id)) AS draw
+    FROM eligible
+),
+remaining AS (
+    SELECT *, row_number() OVER (PARTITION BY user_id ORDER BY pos DESC) AS back
+    FROM drawn WHERE $all_targets OR draw > $t
+),
+targets AS (
+    SELECT user_id, pos, item_id, rating, "timestamp", n FROM drawn
+    WHERE NOT $all_targets AND draw <= $t
+    UNION ALL
+    SELECT user_id, pos, item_id, rating, "timestamp", n FROM remaining
+    WHERE $all_targets AND back > $k + $l
+),
+shared_recent AS (
+    SELECT user_id,
+        list(item_id ORDER BY pos) AS recent_item_ids,
+        list(rating ORDER BY pos) AS recent_ratings,
+        list("timestamp" ORDER BY pos) AS recent_timestamps
+    FROM remaining WHERE back <= $k
+    GROUP BY user_id
+),
+recent AS (
+    SELECT t.user_id, t.pos AS target_pos, r.recent_item_ids, r.recent_ratings,
+        r.recent_timestamps
+    FROM targets t JOIN shared_recent r USING (user_id)
+),
+long_window AS (
+    SELECT user_id,
+        list(item_id ORDER BY pos) AS long_item_ids,
+        list(rating ORDER BY pos) AS long_ratings,
+        list("timestamp" ORDER BY pos) AS long_timestamps
+    FROM remaining WHERE back > $k AND back <= $k + $l
+    GROUP BY user_id
+)
+"""
+
+_SELECT_SQL = """
 SELECT
     t.user_id,
     k.split,
-    CAST(t.n - 1 - t.pos AS INTEGER) AS target_index,
+    CAST(row_number() OVER (PARTITION BY t.user_id ORDER BY t.pos DESC) - 1 AS INTEGER)
+        AS target_index,
     t.item_id AS target_item_id,
     t.rating AS target_rating,
     t."timestamp" AS target_timestamp,
@@ -137,6 +195,12 @@ JOIN long_window l ON l.user_id = t.user_id
 JOIN kept_users k ON k.user_id = t.user_id
 ORDER BY t.user_id, target_index
 """
+
+
+def windows_sql(task: TaskSettings, interactions_table: str = "interactions") -> str:
+    """The query that builds targets and windows under the task's target protocol."""
+    protocol = _NEXT_SQL if task.targets == "next" else _HELDOUT_SQL
+    return _EVENTS_SQL.format(interactions=interactions_table) + protocol + _SELECT_SQL
 
 
 def _draw_negatives(
@@ -230,16 +294,17 @@ def _build_registered(
     duplicates: int,
     users_eligible: int,
 ) -> tuple[pd.DataFrame, TaskSampleStats]:
-    samples = con.execute(
-        _WINDOWS_SQL.format(interactions=interactions_table),
-        {
-            "dataset": dataset,
-            "min_n": task.min_interactions,
-            "t": task.targets_per_user,
-            "k": task.recent_window,
-            "l": task.long_window,
-        },
-    ).df()
+    params: dict[str, object] = {
+        "dataset": dataset,
+        "min_n": task.min_interactions,
+        "t": task.min_targets,
+        "k": task.recent_window,
+        "l": task.long_window,
+    }
+    if task.targets == "heldout":
+        params["seed"] = str(task.target_seed)
+        params["all_targets"] = task.targets_per_user == "all"
+    samples = con.execute(windows_sql(task, interactions_table), params).df()
 
     # Negatives come from items with metadata when the dataset has an items table, so the
     # ranking task can describe every candidate.

@@ -1,45 +1,96 @@
 """Dagster assets of stage 2: the frozen recommender, the oracle study, and reward scores."""
 
 import json
-import os
-import shutil
 import time
 from collections import defaultdict
-from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 import dagster as dg
 import pandas as pd
 
+from lettingo_dagster.constants import GROUP_EVALUATION, POOL_WAREHOUSE
 from lettingo_dagster.dataset_assets import dataset_asset
 from lettingo_dagster.evaluation.examples import TargetExample, load_target_examples
-from lettingo_dagster.evaluation.recommender import Recommender
+from lettingo_dagster.evaluation.recommender import (
+    RECOMMENDER_SPEC,
+    load_recommender,
+    offline_recommender,
+)
+from lettingo_dagster.folders import write_folder_atomically
 from lettingo_dagster.models.cache import ChunkProgress, ModelCallCache
 from lettingo_dagster.paths import model_cache_path, models_dir
-from lettingo_dagster.resources import SettingsResource, Warehouse
-from lettingo_dagster.settings import Preset
-from lettingo_dagster.storage import markdown_preview, replace_partition_from_frame
+from lettingo_dagster.resources import MODEL_CALL_RETRY_POLICY, SettingsResource, Warehouse
+from lettingo_dagster.storage import (
+    markdown_preview,
+    replace_partition_from_frame,
+    require_partition,
+)
 
-RECOMMENDER_SPEC = "recommender.json"
 
+@dataset_asset(
+    key="item_knowledge",
+    group_name=GROUP_EVALUATION,
+    kinds={"scikitlearn", "numpy"},
+    pool=None,
+    deps=["interactions", "items", "task_samples"],
+    description=(
+        "What the recommender knows about items, as an LLM knows films: item factors (truncated "
+        "SVD of who rated what), popularity and mean ratings, learned from the training split's "
+        "users only. Saved as arrays under a versioned folder (the value is its path)."
+    ),
+    check_specs=[
+        dg.AssetCheckSpec(
+            "no_evaluation_users",
+            asset="item_knowledge",
+            blocking=True,
+            description="No calibration or test user's interaction entered the knowledge.",
+        ),
+        dg.AssetCheckSpec(
+            "catalog_coverage",
+            asset="item_knowledge",
+            description="At least half of the catalog's items have factors.",
+        ),
+    ],  # fmt: skip
+)
+def item_knowledge(
+    context: dg.AssetExecutionContext, settings: SettingsResource, warehouse: Warehouse
+) -> Iterator[dg.Output[str] | dg.AssetCheckResult]:
+    from lettingo_dagster.evaluation.knowledge import fit_item_knowledge, training_interactions
 
-def load_recommender(
-    folder: str | Path, preset: Preset, base_generator_dir: str | None = None
-) -> Recommender:
-    """The frozen recommender saved by the `recommender` asset."""
-    spec = json.loads((Path(folder) / RECOMMENDER_SPEC).read_text())
-    if spec["kind"] == "offline":
-        from lettingo_dagster.evaluation.offline import OfflineRecommender
-
-        return OfflineRecommender.load(folder)
-    from lettingo_dagster.evaluation.llm_recommender import LLMRecommender
-    from lettingo_dagster.exploration.explorers import build_model
-
-    assert preset.recommender.model is not None
-    model = build_model(
-        preset.recommender.model, base_generator_dir, preset.exploration.torch_threads
+    preset = settings.load()
+    dataset = context.partition_key
+    with warehouse.get_connection() as con:
+        require_partition(con, ("interactions", "task_samples", "items"), dataset)
+        interactions, leaked = training_interactions(con, dataset, preset.task.split)
+        catalog = con.execute(
+            "SELECT item_id, title, genres FROM items WHERE dataset = ?", [dataset]
+        ).df()
+    knowledge = fit_item_knowledge(interactions, catalog, preset.recommender.knowledge)
+    folder = models_dir() / "item_knowledge" / dataset / knowledge.fingerprint
+    if not folder.is_dir():
+        with write_folder_atomically(folder) as scratch:
+            knowledge.save(scratch)
+    summary = knowledge.summary
+    yield dg.Output(
+        str(folder),
+        metadata={
+            "model_path": dg.MetadataValue.path(str(folder)),
+            "fingerprint": knowledge.fingerprint,
+            **{key: value for key, value in summary.items()},
+        },
     )
-    return LLMRecommender(model, preset.recommender.prompt_template)
+    yield dg.AssetCheckResult(
+        check_name="no_evaluation_users", passed=leaked == 0,
+        metadata={"calibration_or_test_users_in_knowledge": leaked},
+    )  # fmt: skip
+    coverage = float(summary["catalog_coverage"])
+    yield dg.AssetCheckResult(
+        check_name="catalog_coverage", passed=coverage >= 0.5,
+        severity=dg.AssetCheckSeverity.WARN,
+        description=f"{100 * coverage:.1f}% of {summary['catalog_items']} catalog items have factors",
+        metadata={"coverage": coverage},
+    )  # fmt: skip
 
 
 def _figures_table(figures: dict[str, float]) -> pd.DataFrame:
@@ -53,9 +104,9 @@ def _figures_table(figures: dict[str, float]) -> pd.DataFrame:
 
 @dataset_asset(
     key="recommender",
-    group_name="evaluation",
+    group_name=GROUP_EVALUATION,
     kinds={"scikitlearn", "pytorch"},
-    pool="gpu",
+    pool=None,
     deps=["task_samples"],
     description=(
         "The frozen recommender that scores profiles (stage 2). offline: all-MiniLM-L6-v2 "
@@ -65,7 +116,10 @@ def _figures_table(figures: dict[str, float]) -> pd.DataFrame:
     ),
 )
 def recommender(
-    context: dg.AssetExecutionContext, settings: SettingsResource, warehouse: Warehouse
+    context: dg.AssetExecutionContext,
+    settings: SettingsResource,
+    warehouse: Warehouse,
+    item_knowledge: str,
 ) -> dg.Output[str]:
     preset = settings.load()
     config = preset.recommender
@@ -78,28 +132,23 @@ def recommender(
         (folder / RECOMMENDER_SPEC).write_text(json.dumps(spec, indent=1))
         return dg.Output(str(folder), metadata={"kind": "llm", "task": config.task})
 
-    from lettingo_dagster.evaluation.offline import OfflineConfig, OfflineRecommender
     from lettingo_dagster.evaluation.oracle import writer_profiles
 
     with warehouse.get_connection() as con:
+        require_partition(con, ("task_samples", "items"), dataset)
         examples = load_target_examples(con, dataset, preset.task, ("calibration",))
     if not examples:
         raise dg.Failure(description=f"{dataset}: no calibration users in task_samples")
     started = time.perf_counter()
-    model = OfflineRecommender(
-        OfflineConfig(use_item_stats=config.use_item_stats, seed=config.seed)
-    )
-    figures = model.fit(examples, writer_profiles(examples), ("sentiment", "ranking"))
+    model = offline_recommender(preset, item_knowledge)
+    figures = model.fit(examples, writer_profiles(examples), (config.task,), holdout=False)
     folder = models_dir() / "recommender" / dataset / model.fingerprint
     if not (folder / RECOMMENDER_SPEC).is_file():
-        scratch = folder.with_name(f".{folder.name}.partial-{os.getpid()}")
-        shutil.rmtree(scratch, ignore_errors=True)
-        model.save(scratch)
-        (scratch / RECOMMENDER_SPEC).write_text(
-            json.dumps({"kind": "offline", "figures": figures}, indent=1)
-        )
-        shutil.rmtree(folder, ignore_errors=True)
-        scratch.rename(folder)
+        with write_folder_atomically(folder) as scratch:
+            model.save(scratch)
+            (scratch / RECOMMENDER_SPEC).write_text(
+                json.dumps({"kind": "offline", "figures": figures}, indent=1)
+            )
     context.log.info(
         f"recommender {model.fingerprint} fit in {time.perf_counter() - started:.0f} s"
     )
@@ -121,56 +170,57 @@ def recommender(
 
 @dataset_asset(
     key="oracle_study",
-    group_name="evaluation",
+    group_name=GROUP_EVALUATION,
     kinds={"scikitlearn"},
-    pool="gpu",
-    deps=["task_samples"],
+    pool=None,
+    deps=["task_samples", "interactions"],
     description=(
-        "How much could a profile add at all? On calibration users (cross-fitted), the "
-        "recommender with no profile, the raw long window as text, the long window given "
-        "directly as features (the information ceiling) and each writer style, for both tasks, "
-        "with paired bootstrap intervals against no profile. Run before any generator is trained."
+        "How much could a profile add at all? On calibration users (cross-fitted), for each "
+        "task and target protocol of the preset's oracle section: the recommender with no "
+        "profile, the raw long window as text, the long window given directly as features (the "
+        "information ceiling) and each writer style, with paired bootstrap intervals against "
+        "no profile; also on the users whose windows hold no item rated within an hour of a "
+        "target (the session guard). Picks the task and protocol whose ceiling has the largest "
+        "lower bound. Run before any generator is trained."
     ),
 )
 def oracle_study(
-    context: dg.AssetExecutionContext, settings: SettingsResource, warehouse: Warehouse
+    context: dg.AssetExecutionContext,
+    settings: SettingsResource,
+    warehouse: Warehouse,
+    item_knowledge: str,
 ) -> dg.MaterializeResult:
-    from lettingo_dagster.evaluation.offline import OfflineConfig, OfflineRecommender
-    from lettingo_dagster.evaluation.oracle import oracle_table
+    from lettingo_dagster.evaluation.oracle import oracle_grid
 
     preset = settings.load()
-    with warehouse.get_connection() as con:
-        examples = load_target_examples(con, context.partition_key, preset.task, ("calibration",))
-
-    def factory(oracle: bool) -> OfflineRecommender:
-        return OfflineRecommender(
-            OfflineConfig(use_item_stats=preset.recommender.use_item_stats, oracle_long_window=oracle,
-                          seed=preset.recommender.seed)
-        )  # fmt: skip
-
     started = time.perf_counter()
-    users = len({e.user_id for e in examples})
-    table = oracle_table(
-        factory, examples, n_folds=max(2, min(5, users // 4)), log=context.log.info
-    )
+    with warehouse.get_connection() as con:
+        require_partition(con, ("task_samples", "items"), context.partition_key)
+        study = oracle_grid(
+            con, context.partition_key, preset,
+            lambda oracle: offline_recommender(preset, item_knowledge, oracle=oracle),
+            log=context.log.info,
+        )  # fmt: skip
     metadata: dict[str, Any] = {
-        "calibration_users": len({e.user_id for e in examples}),
-        "targets": len(examples),
+        "calibration_users": study.users,
         "seconds": round(time.perf_counter() - started, 1),
-        "preset_task": preset.recommender.task,
+        "choice": study.choice_text,
+        "preset_matches_choice": study.preset_matches,
+        "ceilings": dg.MetadataValue.md(markdown_preview(study.ceilings.round(4), rows=40)),
     }
-    for task, group in table.groupby("task"):
-        metadata[f"oracle_{task}"] = dg.MetadataValue.md(
+    for (protocol, task, subset), group in study.table.groupby(["protocol", "task", "subset"]):
+        metadata[f"oracle_{task}_{protocol}_{subset}"] = dg.MetadataValue.md(
             markdown_preview(oracle_pivot(group), rows=40, width=60)
         )
+    context.log.info(study.choice_text)
     return dg.MaterializeResult(metadata=metadata)
 
 
 def oracle_pivot(table: pd.DataFrame) -> pd.DataFrame:
-    """One row per condition; each metric as `value (difference vs none [95% interval])`."""
+    """One row per condition; each metric as `value (difference vs recent_only [95% interval])`."""
     cells = table.assign(
         cell=[
-            f"{r.value:.3f} ({r.diff_vs_none:+.3f} [{r.diff_low:+.3f}, {r.diff_high:+.3f}])"
+            f"{r.value:.3f} ({r.diff_vs_recent_only:+.3f} [{r.diff_low:+.3f}, {r.diff_high:+.3f}])"
             for r in table.itertuples()
         ]
     )
@@ -189,16 +239,19 @@ def examples_by_user(examples: list[TargetExample]) -> dict[str, list[TargetExam
 
 @dataset_asset(
     key="reward_scores",
-    group_name="evaluation",
+    group_name=GROUP_EVALUATION,
     kinds={"duckdb"},
-    pool="duckdb",
+    pool=POOL_WAREHOUSE,
     deps=["sampled_profiles", "task_samples"],
     description=(
         "Stage 2 of LettinGo: every candidate profile scored by the frozen recommender on all of "
-        "its user's targets. Per profile: the predictions, the probability of the truth (or the "
-        "true item's reciprocal rank), the binary reward (fraction of targets right; with T = 1 "
-        "the paper's) and the graded reward. Cached and resumable like generations."
+        "its user's targets. Per profile: the per-target rewards (continuous: the truth's "
+        "log-score minus the same user's no-profile score on that target; or binary: right or "
+        "wrong), their mean (the reward pairs compare), the binary reward (fraction of targets "
+        "right) and the graded reward. Metadata states the reward's split-half reliability and "
+        "each explorer's mean reward. Cached and resumable like generations."
     ),
+    retry_policy=MODEL_CALL_RETRY_POLICY,  # the recommender may be a remote endpoint
 )
 def reward_scores(
     context: dg.AssetExecutionContext,
@@ -209,22 +262,23 @@ def reward_scores(
 ) -> dg.MaterializeResult:
     from lettingo_dagster.evaluation.rewards import (
         REWARD_COLUMNS,
+        explorer_rewards,
         no_profile_accuracy,
         profile_rewards,
-        split_half_reliability,
+        reliability_interval,
     )
 
     preset = settings.load()
     dataset = context.partition_key
     task = preset.recommender.task
     with warehouse.get_connection() as con:
+        require_partition(con, ("sampled_profiles", "task_samples", "items"), dataset)
         profiles = con.execute("SELECT * FROM sampled_profiles WHERE dataset = ?", [dataset]).df()
         examples = load_target_examples(
             con, dataset, preset.task, tuple(sorted(set(profiles["split"])))
         )
     model = load_recommender(recommender, preset, base_generator)
     cache = ModelCallCache(model_cache_path())
-    grouped = examples_by_user(examples)
 
     def progress(update: ChunkProgress) -> None:
         context.log.info(f"reward scores: {update.done}/{update.total} (profile, target) pairs, "
@@ -232,60 +286,38 @@ def reward_scores(
 
     started = time.perf_counter()
     rewards, stats = profile_rewards(
-        model,
-        task,
-        profiles,
-        grouped,
-        cache,
-        chunk_size=preset.recommender.chunk_size,
-        on_chunk=progress,
-    )
+        model, task, profiles, examples_by_user(examples), cache,
+        chunk_size=preset.recommender.chunk_size, on_chunk=progress,
+        reward=preset.recommender.reward,
+    )  # fmt: skip
     baseline = no_profile_accuracy(model, task, examples, cache)
     with warehouse.get_connection() as con:
         count = replace_partition_from_frame(con, "reward_scores", dataset, rewards, REWARD_COLUMNS)
-    per_explorer = (
-        rewards.assign(
-            source=[
-                f"{e}/{s}" if isinstance(s, str) else e
-                for e, s in zip(rewards.explorer, rewards["style"], strict=True)
-            ]
-        )
-        .groupby("source")
-        .agg(
-            profiles=("profile_id", "size"),
-            accuracy=("binary_reward", "mean"),
-            graded=("graded_reward", "mean"),
-        )
-        .sort_values("accuracy", ascending=False)
-        .round(4)
-        .reset_index()
-    )
-    histogram = (
-        rewards["binary_reward"].round(2).value_counts().sort_index().rename_axis("binary_reward")
-        .rename("profiles").reset_index()
-    )  # fmt: skip
-    users_mixed = rewards.groupby("user_id")["binary_reward"].nunique().gt(1).mean()
+    train = rewards[rewards["split"] == "train"]
+    reliability = reliability_interval(train if len(train) else rewards, seed=preset.report.seed)
+    context.log.info(f"reward reliability (Spearman-Brown, train users): {reliability}")
     return dg.MaterializeResult(
         metadata={
             "dagster/row_count": count,
             "task": task,
+            "reward": preset.recommender.reward,
             "recommender": model.name,
-            "accuracy_per_explorer": dg.MetadataValue.md(markdown_preview(per_explorer, rows=50)),
+            "reward_per_explorer": dg.MetadataValue.md(
+                markdown_preview(explorer_rewards(rewards).round(4).reset_index(), rows=50)
+            ),
             "no_profile_accuracy": round(baseline, 4),
             "mean_binary_reward": round(float(rewards["binary_reward"].mean()), 4),
-            "reward_histogram": dg.MetadataValue.md(markdown_preview(histogram, rows=50)),
-            "share_of_users_with_differing_rewards": round(float(users_mixed), 3),
-            # How much of the reward differences between one user's profiles is signal: near 0,
-            # preference pairs are noise that DPO can only memorize.
-            "reward_split_half_reliability": round(split_half_reliability(rewards), 4),
+            # How much of the differences between one user's profiles is signal rather than
+            # target noise (Spearman-Brown corrected split half, 95% interval over users).
+            "reward_reliability": dg.MetadataValue.json(
+                {k: round(v, 4) for k, v in reliability.items()}
+            ),
+            "reward_reliability_estimate": round(reliability["estimate"], 4),
             "scored_pairs": stats.hits + stats.misses,
             "cache_hit_rate": round(stats.hit_rate, 3),
             "seconds": round(time.perf_counter() - started, 1),
-            "pairs_per_second": round(stats.misses / stats.model_seconds, 1)
-            if stats.model_seconds
-            else 0.0,
         }
     )
 
 
-evaluation_assets = [recommender, oracle_study, reward_scores]
+evaluation_assets = [item_knowledge, recommender, oracle_study, reward_scores]

@@ -68,7 +68,7 @@ def long_window_text(items: Iterable[RatedItem]) -> str:
 _SAMPLES_SQL = """
 SELECT user_id, split, target_index, target_item_id, target_rating, label,
        recent_item_ids, recent_ratings, long_item_ids, long_ratings, negative_item_ids
-FROM task_samples
+FROM {table}
 WHERE dataset = $dataset AND list_contains($splits, split)
 ORDER BY user_id, target_index
 """
@@ -80,7 +80,7 @@ WITH wanted AS (
     SELECT DISTINCT unnest(
         list_concat([target_item_id], recent_item_ids, long_item_ids,
                     coalesce(negative_item_ids, []))) AS item_id
-    FROM task_samples
+    FROM {table}
     WHERE dataset = $dataset AND list_contains($splits, split)
 )
 SELECT w.item_id, coalesce(m.title, 'item ' || w.item_id) AS title, m.year,
@@ -95,11 +95,15 @@ def load_target_examples(
     dataset: str,
     task: TaskSettings,
     splits: tuple[str, ...] = ("calibration",),
+    *,
+    table: str = "task_samples",
 ) -> list[TargetExample]:
     """One example per (user, target) of the given splits, ordered by user then target index."""
     params = {"dataset": dataset, "splits": list(splits)}
     items: dict[str, ItemText] = {}
-    for item_id, title, year, genres in con.execute(_ITEMS_SQL, params).fetchall():
+    for item_id, title, year, genres in con.execute(
+        _ITEMS_SQL.format(table=table), params
+    ).fetchall():
         items[str(item_id)] = ItemText(
             item_id=str(item_id),
             title=str(title),
@@ -125,7 +129,7 @@ def load_target_examples(
 
     examples = []
     long_cache: dict[str, tuple[RatedItem, ...]] = {}
-    for row in con.execute(_SAMPLES_SQL, params).fetchall():
+    for row in con.execute(_SAMPLES_SQL.format(table=table), params).fetchall():
         (user_id, split, target_index, target_id, target_rating, label) = row[:6]
         recent_ids, recent_ratings, long_ids, long_ratings, negative_ids = row[6:]
         if user_id not in long_cache:
@@ -144,3 +148,33 @@ def load_target_examples(
             )
         )
     return examples
+
+
+SESSION_GAP_SECONDS = 3600
+
+_SESSION_GUARD_SQL = """
+SELECT user_id, bool_and(
+    list_min(list_transform(list_concat(recent_timestamps, long_timestamps),
+                            lambda x: abs(x - target_timestamp))) > $gap) AS guarded
+FROM {table}
+WHERE dataset = $dataset AND list_contains($splits, split)
+GROUP BY user_id
+"""
+
+
+def session_guarded_users(
+    con: duckdb.DuckDBPyConnection,
+    dataset: str,
+    splits: tuple[str, ...] = ("calibration",),
+    *,
+    table: str = "task_samples",
+    gap_seconds: int = SESSION_GAP_SECONDS,
+) -> set[str]:
+    """Users none of whose window items was rated within `gap_seconds` of any of their targets.
+    Ratings come in sessions: on the rest, part of what any window predicts is its session
+    mates, not the user's taste."""
+    rows = con.execute(
+        _SESSION_GUARD_SQL.format(table=table),
+        {"dataset": dataset, "splits": list(splits), "gap": gap_seconds},
+    ).fetchall()
+    return {str(user) for user, guarded in rows if guarded}

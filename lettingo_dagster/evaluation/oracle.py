@@ -20,18 +20,15 @@ the heads and give noisier, larger-looking differences. Metrics are over all T t
 are 95% percentile bootstraps over users, and each condition's paired difference against `none`
 resamples the same users in both arms.
 
-Findings on MovieLens-100K (default preset: K=10, L=30, T=5, N=19; 152 calibration users, 760
-targets; `OfflineRecommender` defaults, 5 folds): for `sentiment` neither the ceiling (+1.1
-accuracy points, 95% interval -0.9 to +3.2) nor any writer profile (-0.4 to +1.1) moves accuracy
-measurably. For `ranking` the ceiling adds +1.8 HR@5 (-0.4 to +4.1) and the raw long window text
-+2.8 HR@10 (+0.9 to +4.7); with `use_item_stats` the ceiling is clearly positive (+2.9 HR@5, +1.2
-to +4.7; +1.0 NDCG, +0.1 to +2.0) while writer profiles stay within noise.
+What the study found on MovieLens-100K, and the choices it settled, are in docs/architecture.md
+("Measured choices") and beside those choices in `assets/presets/default.yaml`.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
@@ -40,38 +37,35 @@ import pandas as pd
 from lettingo_dagster.data.samples import LABELS, stable_unit_hash
 from lettingo_dagster.evaluation import metrics
 from lettingo_dagster.evaluation.examples import TargetExample, long_window_text
+from lettingo_dagster.evaluation.protocol import (
+    NONE_ONLY_FIT,
+    ORACLE_CEILING,
+    RAW_LONG_WINDOW,
+    RECENT_ONLY,
+    task_metrics,
+)
 from lettingo_dagster.exploration.writers import write_profiles
 
-RAW_STYLE = "long_window_text"
-BASELINE = "none"
-CEILING = "ceiling"
-CONTROL = "none_only_fit"
+# One set of names with the evaluation report (evaluation.protocol).
+RAW_STYLE = RAW_LONG_WINDOW
+BASELINE = RECENT_ONLY
+CEILING = ORACLE_CEILING
+CONTROL = NONE_ONLY_FIT
 
 TABLE_COLUMNS = [
+    "subset",
     "task",
     "condition",
     "metric",
     "value",
     "low",
     "high",
-    "diff_vs_none",
+    "diff_vs_recent_only",
     "diff_low",
     "diff_high",
     "users",
     "targets",
 ]
-
-SENTIMENT_METRICS: dict[str, metrics.Statistic] = {
-    "accuracy": metrics.accuracy_statistic,
-    "macro_f1": metrics.macro_f1_statistic,
-}
-RANKING_METRICS: dict[str, metrics.Statistic] = {
-    "hit_rate_1": metrics.hit_rate_statistic(1),
-    "hit_rate_5": metrics.hit_rate_statistic(5),
-    "hit_rate_10": metrics.hit_rate_statistic(10),
-    "ndcg": metrics.ndcg_statistic(),
-    "mrr": metrics.mrr_statistic,
-}
 
 
 class FittableRecommender(Protocol):
@@ -197,32 +191,42 @@ def summarize(
     *,
     n_boot: int = 1000,
     seed: int = 0,
+    users_subset: set[str] | None = None,
+    subset: str = "all",
 ) -> pd.DataFrame:
     """The table: per task, condition and metric, the value with its interval and the paired
     difference against `none` with its interval."""
     records = []
-    users = len({e.user_id for e in examples})
     for task, by_condition in outputs.items():
-        statistics = SENTIMENT_METRICS if task == "sentiment" else RANKING_METRICS
-        baseline = _values_by_user(examples, by_condition[BASELINE])
+        statistics = task_metrics(task)
+        keep = (
+            np.array([e.user_id in users_subset for e in examples])
+            if users_subset is not None
+            else np.ones(len(examples), dtype=bool)
+        )
+        kept = [e for e, k in zip(examples, keep, strict=True) if k]
+        if not kept:
+            continue
+        baseline = _values_by_user(kept, by_condition[BASELINE][keep])
         for condition, rows in by_condition.items():
-            values = _values_by_user(examples, rows)
+            values = _values_by_user(kept, rows[keep])
             for name, statistic in statistics.items():
                 point = metrics.bootstrap_ci(values, statistic, n_boot, seed)
                 diff = metrics.paired_bootstrap_diff(values, baseline, statistic, n_boot, seed)
                 records.append(
                     {
+                        "subset": subset,
                         "task": task,
                         "condition": condition,
                         "metric": name,
                         "value": point.estimate,
                         "low": point.low,
                         "high": point.high,
-                        "diff_vs_none": diff.estimate,
+                        "diff_vs_recent_only": diff.estimate,
                         "diff_low": diff.low,
                         "diff_high": diff.high,
-                        "users": users,
-                        "targets": len(examples),
+                        "users": len({e.user_id for e in kept}),
+                        "targets": len(kept),
                     }
                 )
     return pd.DataFrame.from_records(records, columns=TABLE_COLUMNS)
@@ -238,6 +242,7 @@ def oracle_table(
     n_boot: int = 1000,
     seed: int = 0,
     log: Callable[[str], None] | None = None,
+    session_guarded: set[str] | None = None,
 ) -> pd.DataFrame:
     """Run the study on calibration examples (see the module docstring); `profiles_by_example`
     defaults to every deterministic writer's profile of each user's long window.
@@ -252,4 +257,92 @@ def oracle_table(
     outputs = cross_fit_predictions(
         recommender_factory, examples_cal, profiles, tasks, n_folds=n_folds, seed=seed, log=log
     )
-    return summarize(examples_cal, outputs, n_boot=n_boot, seed=seed)
+    table = summarize(examples_cal, outputs, n_boot=n_boot, seed=seed)
+    if session_guarded is not None:
+        # The same out-of-fold predictions on the users whose windows hold no item rated
+        # within an hour of a target: how much of the room is taste rather than session.
+        guarded = summarize(examples_cal, outputs, n_boot=n_boot, seed=seed,
+                            users_subset=session_guarded, subset="session_guard")  # fmt: skip
+        table = pd.concat([table, guarded], ignore_index=True)
+    return table
+
+
+@dataclass(frozen=True)
+class OracleStudy:
+    table: pd.DataFrame  # oracle_table rows with a `protocol` column
+    ceilings: pd.DataFrame  # the ceiling per (protocol, task, subset) on each task's first metric
+    users: int
+    choice: tuple[str, str]  # (task, protocol) with the largest lower bound of the ceiling
+    preset_matches: bool
+
+    @property
+    def choice_text(self) -> str:
+        task, protocol = self.choice
+        row = self.ceilings[
+            (self.ceilings.task == task) & (self.ceilings.protocol == protocol)
+            & (self.ceilings.subset == "all")
+        ].iloc[0]  # fmt: skip
+        return (
+            f"largest ceiling lower bound: task {task}, targets {protocol}: {row.metric} "
+            f"{100 * row.diff_vs_recent_only:+.1f} [{100 * row.diff_low:+.1f}, "
+            f"{100 * row.diff_high:+.1f}] points over recent only"
+            + ("" if self.preset_matches else "; the preset uses another task or protocol")
+        )
+
+
+def oracle_grid(
+    con,
+    dataset: str,
+    preset,
+    factory: RecommenderFactory,
+    *,
+    log: Callable[[str], None] | None = None,
+) -> OracleStudy:
+    """The study for every (task, protocol) of the preset's oracle section on calibration users.
+    Protocols other than the preset's are built on the fly from `interactions` (same K, L, T)."""
+    from lettingo_dagster.data.samples import build_task_samples
+    from lettingo_dagster.evaluation.examples import load_target_examples, session_guarded_users
+
+    settings = preset.oracle
+    protocols = list(dict.fromkeys([preset.task.targets, *settings.protocols]))
+    tasks = tuple(dict.fromkeys([preset.recommender.task, *settings.tasks]))
+    frames, users = [], 0
+    for protocol in protocols:
+        table = "task_samples"
+        if protocol != preset.task.targets:
+            task = preset.task.model_copy(update={"targets": protocol})
+            if task.targets_per_user == "all" and protocol == "next":
+                task = task.model_copy(update={"targets_per_user": 1})
+            samples, _ = build_task_samples(con, dataset, task)
+            table = f"_oracle_samples_{protocol}"
+            con.register(table, samples)
+        try:
+            examples = load_target_examples(
+                con, dataset, preset.task, ("calibration",), table=table
+            )
+            guarded = session_guarded_users(con, dataset, ("calibration",), table=table)
+        finally:
+            if table != "task_samples":
+                con.unregister(table)
+        if not examples:
+            raise ValueError(f"{dataset}: no calibration users for the oracle study")
+        users = max(users, len({e.user_id for e in examples}))
+        if log is not None:
+            log(f"oracle study, targets {protocol}: {len(examples)} calibration targets, "
+                f"{len(guarded)} users pass the session guard")  # fmt: skip
+        n_folds = max(2, min(settings.n_folds, len({e.user_id for e in examples}) // 4))
+        frame = oracle_table(factory, examples, tasks=tasks, n_folds=n_folds,
+                             n_boot=preset.report.n_boot, seed=preset.report.seed, log=log,
+                             session_guarded=guarded)  # fmt: skip
+        frames.append(frame.assign(protocol=protocol))
+    table = pd.concat(frames, ignore_index=True)
+    first_metric = {task: next(iter(task_metrics(task))) for task in tasks}
+    ceilings = table[
+        (table.condition == CEILING) & (table.metric == table.task.map(first_metric))
+    ][["protocol", "task", "subset", "metric", "diff_vs_recent_only", "diff_low", "diff_high",
+       "users", "targets"]].reset_index(drop=True)  # fmt: skip
+    overall = ceilings[ceilings.subset == "all"]
+    best = overall.loc[overall.diff_low.idxmax()]
+    choice = (str(best.task), str(best.protocol))
+    matches = choice == (preset.recommender.task, preset.task.targets)
+    return OracleStudy(table, ceilings, users, choice, matches)

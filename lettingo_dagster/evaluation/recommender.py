@@ -15,17 +15,21 @@ could change (weights, configuration), because reward caches key on it.
 
 from __future__ import annotations
 
+import json
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 
+from lettingo_dagster.constants import TASKS
 from lettingo_dagster.data.samples import LABELS
 from lettingo_dagster.evaluation.examples import TargetExample
+from lettingo_dagster.settings import Preset
 
-TASKS = ("sentiment", "ranking")
-
-__all__ = ["LABELS", "TASKS", "Recommender", "check_profiles"]
+__all__ = [
+    "LABELS", "TASKS", "Recommender", "check_profiles", "load_recommender", "offline_recommender",
+]  # fmt: skip
 
 
 def check_profiles(examples: Sequence[TargetExample], profiles: Sequence[str | None]) -> None:
@@ -54,3 +58,41 @@ class Recommender(ABC):
         self, examples: Sequence[TargetExample], profiles: Sequence[str | None]
     ) -> list[np.ndarray]:
         """Per example, scores for `[target, *negatives]` (index 0 is the target)."""
+
+
+RECOMMENDER_SPEC = "recommender.json"
+
+
+def offline_recommender(preset: Preset, knowledge_dir: str | None, *, oracle: bool = False):
+    """A fresh, unfitted offline recommender with the preset's settings."""
+    from lettingo_dagster.evaluation.knowledge import ItemKnowledge
+    from lettingo_dagster.evaluation.offline import OfflineConfig, OfflineRecommender
+
+    config = preset.recommender
+    use_knowledge = config.use_item_knowledge and knowledge_dir is not None
+    return OfflineRecommender(
+        OfflineConfig(
+            use_item_stats=config.use_item_stats,
+            use_item_knowledge=use_knowledge,
+            oracle_long_window=oracle,
+            seed=config.seed,
+        ),
+        knowledge=ItemKnowledge.load(knowledge_dir) if use_knowledge else None,
+    )
+
+
+def load_recommender(
+    folder: str | Path, preset: Preset, base_generator_dir: str | None = None
+) -> Recommender:
+    """The frozen recommender saved by the `recommender` asset."""
+    spec = json.loads((Path(folder) / RECOMMENDER_SPEC).read_text())
+    if spec["kind"] == "offline":
+        from lettingo_dagster.evaluation.offline import OfflineRecommender
+
+        return OfflineRecommender.load(folder)
+    from lettingo_dagster.evaluation.llm_recommender import LLMRecommender
+    from lettingo_dagster.exploration.explorers import build_model
+
+    assert preset.recommender.model is not None
+    model = build_model(preset.recommender.model, base_generator_dir, preset.compute.torch_threads)
+    return LLMRecommender(model, preset.recommender.prompt_template)

@@ -3,7 +3,18 @@
 For each profile and each of its user's targets: the prediction and the probability of the
 truth (sentiment: the true label's probability; ranking: the true item's rank among its
 negatives). Per profile: the binary reward (fraction of targets right; with T = 1 exactly the
-paper's) and the graded reward (mean probability of the truth, or mean reciprocal rank).
+paper's), the graded reward (mean probability of the truth, or mean reciprocal rank), and the
+reward pairs are built from (`recommender.reward`):
+
+- `continuous` (default): per target, the log-probability of the truth (sentiment) or the
+  target's log-softmax among its candidates (ranking), minus the same user's no-profile score on
+  the same target; averaged over the targets. Continuous scores separate profiles that a 0/1
+  outcome ties, and subtracting the no-profile score removes what the target alone explains (an
+  easy or a hard target), so the differences between one user's profiles are about the profiles.
+- `binary`: the paper's fraction of targets right.
+
+`target_rewards` keeps the per-target values, so pairs can ask whether a difference clears its
+standard error over the user's targets.
 """
 
 from __future__ import annotations
@@ -34,7 +45,20 @@ REWARD_COLUMNS = {
     "graded_reward": "DOUBLE",  # mean probability of the truth / mean reciprocal rank
     "target_predictions": "VARCHAR[]",  # label, or the predicted top item; NULL when unparseable
     "target_truth_scores": "DOUBLE[]",  # probability of the truth, or 1 / rank of the truth
+    "reward": "DOUBLE",  # what pairs compare: the mean of target_rewards
+    "target_rewards": "DOUBLE[]",  # per target: gain over no profile, or 1 / 0 (binary)
 }
+
+
+def log_score(task: str, example: TargetExample, value: Sequence[float]) -> float:
+    """The continuous per-target score of one recommender output (higher is better)."""
+    scores = np.asarray(value, dtype=float)
+    if np.isnan(scores).any():
+        return float("nan")
+    if task == "ranking":  # the target is candidate 0: its log-softmax among the candidates
+        top = scores.max()
+        return float(scores[0] - top - np.log(np.exp(scores - top).sum()))
+    return float(np.log(max(scores[LABELS.index(example.label)], 1e-9)))
 
 
 def _key(recommender: Recommender, task: str, example: TargetExample, profile: str | None) -> str:
@@ -113,6 +137,7 @@ def profile_rewards(
     *,
     chunk_size: int = 512,
     on_chunk: Callable[[ChunkProgress], None] | None = None,
+    reward: str = "continuous",
 ) -> tuple[pd.DataFrame, CacheStats]:
     """One row per profile with its rewards (REWARD_COLUMNS)."""
     flat_examples: list[TargetExample] = []
@@ -135,8 +160,26 @@ def profile_rewards(
         on_chunk=on_chunk,
     )
     per_profile: list[list[tuple[str | None, bool, float]]] = [[] for _ in range(len(profiles))]
+    gains: list[list[float]] = [[] for _ in range(len(profiles))]
+    baseline: dict[tuple[str, int], float] = {}
+    if reward == "continuous":
+        # The same user's no-profile score on each target (cached like every score).
+        targets = list({(e.user_id, e.target_index): e for e in flat_examples}.values())
+        base_values, _ = score_pairs(recommender, task, targets, [None] * len(targets), cache,
+                                     chunk_size=chunk_size)  # fmt: skip
+        baseline = {
+            (e.user_id, e.target_index): log_score(task, e, v)
+            for e, v in zip(targets, base_values, strict=True)
+        }
     for owner, example, value in zip(owners, flat_examples, values, strict=True):
-        per_profile[owner].append(outcome(task, example, value))
+        result = outcome(task, example, value)
+        per_profile[owner].append(result)
+        if reward == "continuous":
+            score = log_score(task, example, value)
+            gain = score - baseline[(example.user_id, example.target_index)]
+            gains[owner].append(gain if np.isfinite(gain) else 0.0)
+        else:
+            gains[owner].append(float(result[1]))
     frame = profiles[
         ["dataset", "user_id", "profile_id", "split", "explorer", "style", "sample_index"]
     ].copy()
@@ -146,6 +189,8 @@ def profile_rewards(
     frame["graded_reward"] = [float(np.mean([r[2] for r in results])) for results in per_profile]
     frame["target_predictions"] = [[r[0] for r in results] for results in per_profile]
     frame["target_truth_scores"] = [[r[2] for r in results] for results in per_profile]
+    frame["target_rewards"] = gains
+    frame["reward"] = [float(np.mean(g)) if g else 0.0 for g in gains]
     return frame[list(REWARD_COLUMNS)].reset_index(drop=True), stats
 
 
@@ -160,7 +205,49 @@ def no_profile_accuracy(
     return float(np.mean([outcome(task, e, v)[1] for e, v in zip(examples, values, strict=True)]))
 
 
-def split_half_reliability(rewards: pd.DataFrame) -> float:
+def spearman_brown(r: float) -> float:
+    """The reliability of the whole from the correlation of its two halves."""
+    return 2 * r / (1 + r) if np.isfinite(r) and r > -1 else float("nan")
+
+
+def reliability_interval(
+    rewards: pd.DataFrame, column: str = "target_rewards", n_boot: int = 200, seed: int = 0
+) -> dict[str, float]:
+    """Spearman-Brown corrected split-half reliability of the reward, with a 95% bootstrap
+    interval over users (a resampled user keeps all of their profiles)."""
+    point = spearman_brown(split_half_reliability(rewards, column))
+    users = rewards["user_id"].unique()
+    rng = np.random.default_rng(seed)
+    groups = {u: g for u, g in rewards.groupby("user_id")}
+    draws = []
+    for _ in range(n_boot):
+        chosen = rng.choice(users, size=len(users), replace=True)
+        sample = pd.concat(
+            [groups[u].assign(user_id=f"{u}#{k}") for k, u in enumerate(chosen)],
+            ignore_index=True,
+        )
+        draws.append(spearman_brown(split_half_reliability(sample, column)))
+    draws = [d for d in draws if np.isfinite(d)]
+    low, high = np.percentile(draws, [2.5, 97.5]) if draws else (float("nan"),) * 2
+    return {"estimate": float(point), "low": float(low), "high": float(high)}
+
+
+def explorer_rewards(rewards: pd.DataFrame) -> pd.DataFrame:
+    """Each explorer's (and writer style's) mean reward with its standard error over users."""
+    frame = rewards.assign(
+        source=[
+            f"{e}/{s}" if isinstance(s, str) else e
+            for e, s in zip(rewards["explorer"], rewards["style"], strict=True)
+        ]
+    )
+    per_user = frame.groupby(["source", "user_id"])["reward"].mean().reset_index()
+    table = per_user.groupby("source")["reward"].agg(["mean", "std", "count"])
+    table["se"] = table["std"] / np.sqrt(table["count"].clip(lower=1))
+    table = table.rename(columns={"mean": "mean_reward", "count": "users"})
+    return table[["mean_reward", "se", "users"]].sort_values("mean_reward", ascending=False)
+
+
+def split_half_reliability(rewards: pd.DataFrame, column: str = "target_truth_scores") -> float:
     """Does a profile's reward replicate across its user's targets? The within-user correlation
     between each profile's mean truth score on the even-numbered targets and on the odd-numbered
     ones (user means removed, so only differences between one user's profiles count).
@@ -168,7 +255,7 @@ def split_half_reliability(rewards: pd.DataFrame) -> float:
     Near 0, the differences that preference pairs are built from are noise of the targets, not a
     property of the profiles, and DPO can only memorize them; NaN with fewer than two targets.
     """
-    scores = [np.asarray(s, dtype=float) for s in rewards["target_truth_scores"]]
+    scores = [np.asarray(s, dtype=float) for s in rewards[column]]
     if not scores or min(len(s) for s in scores) < 2:
         return float("nan")
     frame = pd.DataFrame(

@@ -95,6 +95,7 @@ def base_generator(
     config = preset.base_generator
     dataset = context.partition_key
     with warehouse.get_connection() as con:
+        require_partition(con, "task_samples", dataset)
         histories = load_long_windows(con, dataset, preset.task, splits=("train",))
     if not histories:
         raise dg.Failure(description=f"{dataset}: no training users in task_samples")

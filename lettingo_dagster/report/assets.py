@@ -13,17 +13,28 @@ from typing import Any
 import dagster as dg
 import pandas as pd
 
+from lettingo_dagster.alignment.policy import policy_explorer, policy_folder
+from lettingo_dagster.alignment.promotion import apply_promotion, decide_promotion
+from lettingo_dagster.constants import POOL_MODEL
 from lettingo_dagster.dataset_assets import dataset_asset
-from lettingo_dagster.evaluation.assets import load_recommender
 from lettingo_dagster.evaluation.examples import load_target_examples
+from lettingo_dagster.evaluation.recommender import (
+    Recommender,
+    load_recommender,
+    offline_recommender,
+)
 from lettingo_dagster.exploration.explorers import model_candidates, template_name
 from lettingo_dagster.exploration.history import load_long_windows
 from lettingo_dagster.models.cache import ChunkProgress, ModelCallCache
-from lettingo_dagster.paths import lettingo_home, model_cache_path
+from lettingo_dagster.paths import model_cache_path, reports_dir
 from lettingo_dagster.report import evaluation as ev
-from lettingo_dagster.resources import SettingsResource, Warehouse
+from lettingo_dagster.resources import MODEL_CALL_RETRY_POLICY, SettingsResource, Warehouse
 from lettingo_dagster.settings import Preset
-from lettingo_dagster.storage import markdown_preview, replace_partition_from_frame
+from lettingo_dagster.storage import (
+    markdown_preview,
+    replace_partition_from_frame,
+    require_partition,
+)
 from lettingo_dagster.tracking import MlflowTracking, registered_model_name
 
 HELDOUT_COLUMNS = {
@@ -38,25 +49,11 @@ HELDOUT_COLUMNS = {
 }
 
 
-def reports_dir(dataset: str) -> Path:
-    return lettingo_home() / "reports" / dataset
-
-
-def promotion_metric(preset: Preset) -> str:
-    if preset.report.promotion_metric:
-        return preset.report.promotion_metric
-    return "accuracy" if preset.recommender.task == "sentiment" else "hit_rate@1"
-
-
-def _policy_explorer(preset: Preset):
-    return next(e for e in preset.exploration.explorers if e.name == preset.dpo.policy)
-
-
 @dataset_asset(
     key="heldout_profiles",
     group_name="report",
     kinds={"duckdb", "pytorch"},
-    pool="duckdb",
+    pool=POOL_MODEL,
     deps=["task_samples"],
     description=(
         "Profiles of the held-out test users, written with the same decoding by the generator "
@@ -68,26 +65,31 @@ def heldout_profiles(
     context: dg.AssetExecutionContext,
     settings: SettingsResource,
     warehouse: Warehouse,
+    mlflow: MlflowTracking,
     base_generator: str,
     dpo_checkpoint: str,
 ) -> dg.MaterializeResult:
-    from lettingo_dagster.alignment.assets import policy_folder
     from lettingo_dagster.exploration.explorers import build_model
 
     preset = settings.load()
     dataset = context.partition_key
     config = preset.report
     with warehouse.get_connection() as con:
+        require_partition(con, "task_samples", dataset)
         histories = load_long_windows(con, dataset, preset.task, splits=("test",))
     if not histories:
         raise dg.Failure(description=f"{dataset}: no test users in task_samples")
-    explorer = _policy_explorer(preset)
+    explorer = policy_explorer(preset)
     cache = ModelCallCache(model_cache_path())
-    arms = (
+    arms = [
         (ev.BASE_GENERATOR, policy_folder(preset, explorer.name, base_generator), config.seed),
         (ev.BASE_GENERATOR_NULL, policy_folder(preset, explorer.name, base_generator), config.null_seed),
         (ev.DPO_GENERATOR, dpo_checkpoint, config.seed),
-    )  # fmt: skip
+    ]  # fmt: skip
+    champion_dir = champion_model_dir(mlflow, registered_model_name(dataset))
+    if champion_dir and Path(champion_dir).resolve() != Path(dpo_checkpoint).resolve():
+        # The candidate must beat the champion itself: same users, decoding and seed.
+        arms.append((ev.CHAMPION_GENERATOR, champion_dir, config.seed))
     frames, summary = [], []
     for method, folder, seed in arms:
         started = time.perf_counter()
@@ -101,7 +103,7 @@ def heldout_profiles(
                 "decoding": explorer.decoding.model_copy(update={"seed": seed}),
             }
         )
-        model = build_model(arm, None, preset.exploration.torch_threads)
+        model = build_model(arm, None, preset.compute.torch_threads)
 
         def progress(update: ChunkProgress, name: str = method) -> None:
             context.log.info(f"{name}: {update.done}/{update.total} test users, "
@@ -153,6 +155,33 @@ def heldout_profiles(
     )
 
 
+def sanity_baselines(knowledge_dir: str, preset: Preset) -> dict[str, Recommender]:
+    """Popularity and item-kNN on the recent window, through the same item knowledge."""
+    from lettingo_dagster.evaluation.baselines import ItemKnnRecommender, PopularityRecommender
+    from lettingo_dagster.evaluation.knowledge import ItemKnowledge
+
+    knowledge = ItemKnowledge.load(knowledge_dir)
+    return {
+        ev.POPULARITY: PopularityRecommender(knowledge, preset.task),
+        ev.ITEM_KNN: ItemKnnRecommender(knowledge, preset.task),
+    }
+
+
+def champion_model_dir(mlflow: MlflowTracking, name: str) -> str | None:
+    """The local model folder of the registry's current champion, when it still exists."""
+    version = mlflow.alias_version(name)
+    if version is None:
+        return None
+    folder = mlflow.version_tags(name, version).get("lettingo.model_dir")
+    return folder if folder and Path(folder).is_dir() else None
+
+
+def _on_metric(differences: list[dict], metric: str) -> dict:
+    found = next((d for d in differences if d["metric"] == metric), None)
+    nan = float("nan")
+    return found or {"metric": metric, "estimate": nan, "low": nan, "high": nan}
+
+
 def _generated(frame: pd.DataFrame) -> dict[str, dict[str, list[str]]]:
     generated: dict[str, dict[str, list[str]]] = {}
     for row in frame.sort_values(["method", "user_id", "sample_index"]).itertuples():
@@ -165,49 +194,6 @@ def _image_markdown(path: Path, title: str) -> str:
     return f"![{title}](data:image/png;base64,{data})"
 
 
-def _metric_value(table: pd.DataFrame, method: str, metric: str) -> float:
-    row = table[(table["method"] == method) & (table["metric"] == metric)]
-    return float(row["value"].iloc[0]) if len(row) else float("nan")
-
-
-def decide_promotion(
-    candidate: float, champion: float | None, base: float
-) -> tuple[bool, str, float]:
-    """Promote when the candidate's held-out figure beats the current champion's, or the base
-    generator's when there is no champion yet. Returns (promote, against what, its figure)."""
-    if champion is None:
-        return candidate > base, "base generator", base
-    return candidate > champion, "current champion", champion
-
-
-def promote_version(
-    mlflow: MlflowTracking,
-    name: str,
-    version: str | None,
-    candidate: float,
-    base: float,
-    tag: str,
-) -> tuple[bool, str, float, str | None]:
-    """Record the candidate's held-out figure on its registry version (tag `tag`) and move the
-    alias `champion` to it when it beats the current champion's recorded figure, or the base
-    generator's when there is no champion. Returns (promoted, compared with, reference figure,
-    champion before)."""
-    if not version:
-        return False, "nothing (no registered version)", float("nan"), None
-    champion_version = mlflow.alias_version(name)
-    mlflow.set_version_tag(name, version, tag, f"{candidate:.6f}")
-    if champion_version == version:
-        return True, "itself (already champion)", candidate, champion_version
-    champion_figure = None
-    if champion_version is not None:
-        recorded = mlflow.version_tags(name, champion_version).get(tag)
-        champion_figure = float(recorded) if recorded is not None else None
-    promote, against, reference = decide_promotion(candidate, champion_figure, base)
-    if promote:
-        mlflow.set_alias(name, version)
-    return promote, against, reference, champion_version
-
-
 def _registration(dpo_checkpoint: str) -> dict[str, Any]:
     path = Path(dpo_checkpoint).parent / "registration.json"
     return json.loads(path.read_text()) if path.is_file() else {}
@@ -217,7 +203,7 @@ def _registration(dpo_checkpoint: str) -> dict[str, Any]:
     key="evaluation_report",
     group_name="report",
     kinds={"python", "mlflow"},
-    pool="gpu",
+    pool=None,
     deps=["heldout_profiles", "task_samples"],
     description=(
         "The evaluation on held-out test users (all targets): recent window only, + raw long "
@@ -233,16 +219,18 @@ def _registration(dpo_checkpoint: str) -> dict[str, Any]:
         dg.AssetCheckSpec(
             "dpo_beats_base",
             asset="evaluation_report",
-            description="On test users, the DPO generator's profiles score higher than the base "
-            "generator's on the promotion metric (paired bootstrap over users).",
+            description="On test users, the DPO generator's profiles beat the base generator's "
+            "on the headline metric: the paired difference's lower 95% bound is above 0.",
         ),
         dg.AssetCheckSpec(
             "champion_promotion",
             asset="evaluation_report",
-            description="The decision on the MLflow alias 'champion' with its figures: passes "
+            description="The decision on the MLflow alias 'champion' by the paired-interval rule, "
+            "with its figures and the rule: passes "
             "when the newly trained version is the champion.",
         ),
     ],
+    retry_policy=MODEL_CALL_RETRY_POLICY,  # the recommender may be a remote endpoint
 )
 def evaluation_report(
     context: dg.AssetExecutionContext,
@@ -252,8 +240,9 @@ def evaluation_report(
     recommender: str,
     base_generator: str,
     dpo_checkpoint: str,
+    item_knowledge: str,
 ) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult]:
-    from lettingo_dagster.evaluation.offline import OfflineConfig, OfflineRecommender
+    from lettingo_dagster.evaluation.rewards import reliability_interval
     from lettingo_dagster.report.plots import write_plots
     from lettingo_dagster.report.render import (
         Report,
@@ -267,9 +256,15 @@ def evaluation_report(
     task = preset.recommender.task
     started = time.perf_counter()
     with warehouse.get_connection() as con:
+        tables = ("task_samples", "items", "heldout_profiles", "reward_scores")
+        require_partition(con, tables, dataset)
         test_examples = load_target_examples(con, dataset, preset.task, ("test",))
         calibration = load_target_examples(con, dataset, preset.task, ("calibration",))
         heldout = con.execute("SELECT * FROM heldout_profiles WHERE dataset = ?", [dataset]).df()
+        train_rewards = con.execute(
+            "SELECT user_id, target_rewards FROM reward_scores WHERE dataset = ? AND split = 'train'",
+            [dataset],
+        ).df()
     if not test_examples:
         raise dg.Failure(description=f"{dataset}: no test users in task_samples")
     model = load_recommender(recommender, preset, base_generator)
@@ -277,16 +272,12 @@ def evaluation_report(
     if preset.recommender.kind == "offline":
         # The ceiling: the long window given to the recommender directly as features, fit on
         # the same calibration users as the frozen recommender (never on test users).
-        oracle = OfflineRecommender(
-            OfflineConfig(
-                oracle_long_window=True,
-                use_item_stats=preset.recommender.use_item_stats,
-                seed=preset.recommender.seed,
-            )
-        )
+        oracle = offline_recommender(preset, item_knowledge, oracle=True)
         oracle.fit(calibration, [{} for _ in calibration], (task,), holdout=False)
     generated = _generated(heldout)
-    outputs = ev.method_outputs(model, oracle, task, test_examples, generated)
+    outputs = ev.method_outputs(
+        model, oracle, task, test_examples, generated, sanity_baselines(item_knowledge, preset)
+    )
     n_boot, seed = preset.report.n_boot, preset.report.seed
     table = ev.results_table(outputs, task, n_boot=n_boot, seed=seed)
     dpo_minus_base = ev.paired_differences(
@@ -312,26 +303,34 @@ def evaluation_report(
         generated=generated, stats=stats,
     )  # fmt: skip
 
-    # Promotion: the new version becomes champion only if it beats the current one.
-    metric = promotion_metric(preset)
+    # Promotion: one headline metric, paired intervals, the null check as a guard.
+    metric = preset.report.headline_metric
     registration = _registration(dpo_checkpoint)
     name = registered_model_name(dataset)
     version = registration.get("version")
-    candidate = _metric_value(table, ev.DPO_GENERATOR, metric)
-    base = _metric_value(table, ev.BASE_GENERATOR, metric)
-    tag = f"heldout_{ev.mlflow_metric_name(metric)}"
-    promote, against, reference, champion_version = promote_version(
-        mlflow, name, version, candidate, base, tag
-    )
-    if version:
-        users = str(len({e.user_id for e in test_examples}))
-        mlflow.set_version_tag(name, version, "heldout_users", users)
-    decision = (
-        f"version {version} {'is' if promote else 'is not'} the champion: {metric} "
-        f"{candidate:.4f} against {against} {reference:.4f}"
-        if version else "no registered DPO version to promote"
+    reference = ev.CHAMPION_GENERATOR if ev.CHAMPION_GENERATOR in outputs else ev.BASE_GENERATOR
+    versus = ev.paired_differences(outputs, ev.DPO_GENERATOR, reference, task, n_boot, seed)
+    champion_before = mlflow.alias_version(name)
+    decision = decide_promotion(
+        _on_metric(versus, metric), _on_metric(null_check, metric), metric=metric,
+        compared_with=f"champion v{champion_before}" if reference == ev.CHAMPION_GENERATOR
+        else "base generator",
+        null_margin=preset.report.null_margin,
     )  # fmt: skip
-    context.log.info(decision)
+    users = len({e.user_id for e in test_examples})
+    if version:
+        apply_promotion(mlflow, name, version, decision)
+        mlflow.set_version_tag(name, version, "heldout_users", str(users))
+    verdict = (
+        f"version {version} {'is now' if decision.promote else 'is not'} the champion; "
+        f"{decision.reason}" if version else "no registered DPO version to promote"
+    )  # fmt: skip
+    context.log.info(verdict)
+    nan = float("nan")
+    reliability = (
+        reliability_interval(train_rewards.assign(profile_id=range(len(train_rewards))), seed=seed)
+        if len(train_rewards) else {"estimate": nan, "low": nan, "high": nan}
+    )  # fmt: skip
 
     report = Report(
         dataset=dataset,
@@ -352,7 +351,8 @@ def evaluation_report(
             "registered model": f"{name} v{version}" if version else "not registered",
             "MLflow run": registration.get("run_url", ""),
             "samples per test user": preset.report.samples_per_user,
-            "promotion": decision,
+            "promotion": verdict,
+            "headline metric": metric,
         },
         notes=[
             "Test users only; the recommender and the oracle were fit on calibration users and "
@@ -369,9 +369,11 @@ def evaluation_report(
             {
                 "dataset": dataset, "task": task, "preset": preset.name,
                 "users": report.users, "targets": report.targets,
+                "headline_metric": metric,
                 "dpo_minus_base": dpo_minus_base, "null_check": null_check, "ceiling": ceiling,
-                "promotion": {"decision": decision, "promoted": promote, "metric": metric,
-                              "version": version},
+                "dpo_minus_reference": versus,
+                "reward_reliability": {"metric": "spearman_brown_split_half", **reliability},
+                "promotion": {**decision.as_dict(), "version": version, "verdict": verdict},
                 "results_markdown": results_markdown_table(table),
             },
             indent=1, default=float,
@@ -388,9 +390,8 @@ def evaluation_report(
         for file in ("report.md", "report.html", "results.csv", *plots.values()):
             mlflow.log_artifact(run_id, folder / file, "evaluation_report")
 
-    headline = {d["metric"]: d for d in dpo_minus_base}
-    primary = headline.get(metric, dpo_minus_base[0] if dpo_minus_base else None)
-    null_primary = next((d for d in null_check if d["metric"] == metric), None)
+    primary = _on_metric(dpo_minus_base, metric) if dpo_minus_base else None
+    null_primary = _on_metric(null_check, metric)
     yield dg.MaterializeResult(
         metadata={
             "task": task,
@@ -418,31 +419,29 @@ def evaluation_report(
             "report_markdown": dg.MetadataValue.path(str(folder / "report.md")),
             "mlflow_run": dg.MetadataValue.url(registration["run_url"]) if run_id else "",
             "model_version": str(version or ""),
-            "promotion": decision,
+            "headline_metric": metric,
+            "reward_reliability": dg.MetadataValue.json(reliability),
+            "promotion": verdict,
             "seconds": round(time.perf_counter() - started, 1),
         }  # fmt: skip
     )
     if primary is not None:
-        null_text = (
-            f"; the base generator resampled: {100 * null_primary['estimate']:+.1f}"
-            if null_primary
-            else ""
-        )
         yield dg.AssetCheckResult(
             check_name="dpo_beats_base",
-            passed=bool(primary["estimate"] > 0),
+            passed=bool(primary["low"] > 0),
             severity=dg.AssetCheckSeverity.WARN,
             description=(
-                f"DPO minus base {primary['metric']}: {100 * primary['estimate']:+.1f} points "
-                f"[{100 * primary['low']:+.1f}, {100 * primary['high']:+.1f}]{null_text}"
+                f"DPO minus base {metric}: {100 * primary['estimate']:+.1f} points "
+                f"[{100 * primary['low']:+.1f}, {100 * primary['high']:+.1f}]; the base "
+                f"generator resampled: {100 * null_primary['estimate']:+.1f} "
+                f"[{100 * null_primary['low']:+.1f}, {100 * null_primary['high']:+.1f}]"
             ),
             metadata={
-                "metric": primary["metric"],
+                "metric": metric,
                 "difference": round(primary["estimate"], 4),
                 "low": round(primary["low"], 4),
                 "high": round(primary["high"], 4),
-                "excludes_zero": bool(primary["excludes_zero"]),
-                "null_check": round(null_primary["estimate"], 4) if null_primary else float("nan"),
+                "null_check": round(null_primary["estimate"], 4),
             },
         )
     else:
@@ -452,17 +451,17 @@ def evaluation_report(
                                   metadata={"reason": "no DPO profiles"})  # fmt: skip
     yield dg.AssetCheckResult(
         check_name="champion_promotion",
-        passed=bool(promote and version),
+        passed=bool(decision.promote and version),
         severity=dg.AssetCheckSeverity.WARN,
-        description=decision,
+        description=verdict,
         metadata={
-            "metric": metric,
-            "candidate": round(candidate, 4),
-            "compared_with": against,
-            "reference": round(reference, 4),
+            **{
+                k: (round(v, 4) if isinstance(v, float) else v)
+                for k, v in decision.as_dict().items()
+            },
             "version": str(version or ""),
-            "champion_before": str(champion_version or ""),
-        },
+            "champion_before": str(champion_before or ""),
+        },  # fmt: skip
     )
 
 

@@ -1,4 +1,4 @@
-"""The evaluation protocol of DESIGN §6 as plain functions: every method's outputs on the held-out
+"""The evaluation protocol as plain functions: every method's outputs on the held-out
 test users, the results table with bootstrap intervals over users, paired differences (DPO minus
 base, the null check, the oracle ceiling), profile statistics (length, diversity, style mix) and
 confusion matrices.
@@ -38,33 +38,32 @@ from sklearn.metrics.pairwise import cosine_similarity
 from lettingo_dagster.data.samples import LABELS
 from lettingo_dagster.evaluation import metrics
 from lettingo_dagster.evaluation.examples import TargetExample, long_window_text
+from lettingo_dagster.evaluation.protocol import (  # noqa: F401  (one set of names, re-exported)
+    BASE_GENERATOR,
+    BASE_GENERATOR_NULL,
+    BASELINE,
+    CHAMPION_GENERATOR,
+    DPO_GENERATOR,
+    FIXED_METHODS,
+    GENERATOR_METHODS,
+    ITEM_KNN,
+    METHODS,
+    ORACLE_CEILING,
+    PALR_LIKE,
+    POPULARITY,
+    RANKING_METRICS,
+    RAW_LONG_WINDOW,
+    RECENT_ONLY,
+    RLMREC_LIKE,
+    SENTIMENT_METRICS,
+    WRITER_METHODS,
+    fast_weighted_f1,
+    task_metrics,
+    weighted_f1_statistic,
+)
 from lettingo_dagster.evaluation.recommender import TASKS, Recommender
 from lettingo_dagster.exploration.profile_quality import distinct_n, words
 from lettingo_dagster.exploration.writers import WRITERS, write_profiles
-
-RECENT_ONLY = "recent_only"
-RAW_LONG_WINDOW = "raw_long_window"
-ORACLE_CEILING = "oracle_ceiling"
-RLMREC_LIKE = "rlmrec_like"
-PALR_LIKE = "palr_like"
-BASE_GENERATOR = "base_generator"
-DPO_GENERATOR = "dpo_generator"
-BASE_GENERATOR_NULL = "base_generator_null"
-
-METHODS = (
-    RECENT_ONLY,
-    RAW_LONG_WINDOW,
-    ORACLE_CEILING,
-    RLMREC_LIKE,
-    PALR_LIKE,
-    BASE_GENERATOR,
-    DPO_GENERATOR,
-    BASE_GENERATOR_NULL,
-)
-BASELINE = RECENT_ONLY
-GENERATOR_METHODS = (BASE_GENERATOR, DPO_GENERATOR, BASE_GENERATOR_NULL)
-WRITER_METHODS: dict[str, str] = {RLMREC_LIKE: "rlmrec_summary", PALR_LIKE: "palr_keywords"}
-FIXED_METHODS = (RECENT_ONLY, RAW_LONG_WINDOW, ORACLE_CEILING, *WRITER_METHODS)
 
 RANK_BUCKETS = ("1", "2-5", "6-10", "11+")
 _BUCKET_EDGES = (2, 6, 11)  # np.digitize edges: rank 1 | 2-5 | 6-10 | 11+
@@ -73,38 +72,6 @@ UNASSIGNED = "unassigned"
 
 # ---- metrics -------------------------------------------------------------------------------
 
-
-def fast_weighted_f1(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int = 3) -> float:
-    """Support-weighted F1 over the `n_classes` labels from a confusion matrix: the same number
-    as `metrics.weighted_f1` (sklearn), fast enough for thousands of bootstrap draws."""
-    y_true = np.asarray(y_true, dtype=int)
-    y_pred = np.asarray(y_pred, dtype=int)
-    confusion = np.bincount(y_true * n_classes + y_pred, minlength=n_classes * n_classes)
-    confusion = confusion.reshape(n_classes, n_classes)
-    tp = np.diag(confusion).astype(float)
-    support = confusion.sum(axis=1)
-    denominator = confusion.sum(axis=0) + support
-    f1 = np.divide(2 * tp, denominator, out=np.zeros(n_classes), where=denominator > 0)
-    total = support.sum()
-    return float(f1 @ support / total) if total else 0.0
-
-
-def weighted_f1_statistic(rows: np.ndarray) -> float:
-    """rows: columns [y_true, y_pred]."""
-    return fast_weighted_f1(rows[:, 0], rows[:, 1])
-
-
-SENTIMENT_METRICS: dict[str, metrics.Statistic] = {
-    "accuracy": metrics.accuracy_statistic,
-    "macro_f1": metrics.macro_f1_statistic,
-    "weighted_f1": weighted_f1_statistic,
-}
-RANKING_METRICS: dict[str, metrics.Statistic] = {
-    "hit_rate@1": metrics.hit_rate_statistic(1),
-    "hit_rate@5": metrics.hit_rate_statistic(5),
-    "hit_rate@10": metrics.hit_rate_statistic(10),
-    "ndcg@10": metrics.ndcg_statistic(10),
-}
 
 TABLE_COLUMNS = [
     "method",
@@ -120,12 +87,6 @@ TABLE_COLUMNS = [
 ]
 
 _MLFLOW_UNSAFE = re.compile(r"[^A-Za-z0-9_\-./ ]")
-
-
-def task_metrics(task: str) -> dict[str, metrics.Statistic]:
-    """The report's metrics for a task, in display order."""
-    _check_task(task)
-    return SENTIMENT_METRICS if task == "sentiment" else RANKING_METRICS
 
 
 def mlflow_metric_name(name: str) -> str:
@@ -243,6 +204,7 @@ def method_outputs(
     task: str,
     examples: Sequence[TargetExample],
     generated: Mapping[str, Mapping[str, Sequence[str]]],
+    baselines: Mapping[str, Recommender] | None = None,
 ) -> dict[str, MethodOutputs]:
     """Score every method on the same examples with the same recommender (one batched call per
     method) and return their outputs by method, in `METHODS` order.
@@ -279,6 +241,8 @@ def method_outputs(
         outputs[method] = MethodOutputs(rows=rows, users=np.asarray(row_users, dtype=object))
 
     run(RECENT_ONLY, recommender, examples, [None] * len(examples), users)
+    for method, baseline in (baselines or {}).items():
+        run(method, baseline, examples, [None] * len(examples), users)
     raw = {user: long_window_text(group[0].long_window) for user, group in by_user.items()}
     run(RAW_LONG_WINDOW, recommender, examples, [raw[e.user_id] for e in examples], users)
     if oracle_recommender is not None:
@@ -448,7 +412,7 @@ def profile_statistics(
     profile with no word in common with any writer profile is `unassigned`.
 
     The style mix shows whether a generator won by imitating a style the recommender likes
-    (DESIGN §6) rather than by describing the user better.
+    rather than by describing the user better.
     """
     styles = list(dict.fromkeys(s for p in writer_profiles_by_user.values() for s in p))
     if not styles:

@@ -1,10 +1,11 @@
 """Pair construction holds its invariants (property-based)."""
 
+import numpy as np
 import pandas as pd
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lettingo_dagster.alignment.pairs import PairOptions, build_pairs, profile_source
+from lettingo_dagster.alignment.pairs import PairOptions, build_pairs, clears_noise, profile_source
 
 SOURCES = [("base", None), ("writers", "genre_affinity"), ("writers", "eras"), ("remote", None)]
 
@@ -16,6 +17,9 @@ def reward_tables(draw: st.DrawFn) -> pd.DataFrame:
         for k in range(draw(st.integers(1, 7))):
             explorer, style = draw(st.sampled_from(SOURCES))
             binary = draw(st.sampled_from([0.0, 0.2, 0.4, 0.6, 0.8, 1.0]))
+            targets = draw(
+                st.lists(st.sampled_from([-0.5, 0.0, 0.1, 0.4, 1.0]), min_size=3, max_size=3)
+            )
             rows.append(
                 {
                     "dataset": "d",
@@ -27,6 +31,8 @@ def reward_tables(draw: st.DrawFn) -> pd.DataFrame:
                     "profile": draw(st.sampled_from([f"text {k}", "same text", f"other {k}"])),
                     "binary_reward": binary,
                     "graded_reward": draw(st.floats(0, 1)),
+                    "target_rewards": targets,
+                    "reward": float(np.mean(targets)),
                 }
             )
     return pd.DataFrame(rows)
@@ -39,6 +45,7 @@ def _prompts(rewards: pd.DataFrame) -> dict[str, tuple[str, str]]:
 OPTIONS = st.builds(
     PairOptions,
     graded_margin=st.sampled_from([0.0, 0.1, 0.3]),
+    min_z=st.sampled_from([0.0, 1.0, 2.0]),
     max_pairs_per_user=st.sampled_from([None, 1, 3]),
     scope=st.sampled_from(["all", "within_explorer"]),
     balance_sources=st.booleans(),
@@ -54,7 +61,9 @@ def test_pair_invariants(rewards: pd.DataFrame, options: PairOptions) -> None:
     for pair in pairs.itertuples():
         chosen, rejected = by_id.loc[pair.chosen_profile_id], by_id.loc[pair.rejected_profile_id]
         assert chosen.user_id == rejected.user_id == pair.user_id  # pairs never cross users
-        assert chosen.binary_reward > rejected.binary_reward  # better over worse
+        assert chosen.reward > rejected.reward  # better over worse
+        if options.min_z:  # the difference clears its standard error over the targets
+            assert clears_noise(chosen.target_rewards, rejected.target_rewards, options.min_z)
         assert pair.chosen != pair.rejected  # identical texts teach nothing
         assert pair.chosen == chosen.profile and pair.rejected == rejected.profile
         assert pair.prompt_user == f"history of {pair.user_id}"
@@ -82,7 +91,7 @@ def test_default_rule_is_every_right_wrong_combination(rewards: pd.DataFrame) ->
         rows = list(group.itertuples())
         for i, a in enumerate(rows):
             for b in rows[i + 1 :]:
-                expected += a.binary_reward != b.binary_reward and a.profile != b.profile
+                expected += a.reward != b.reward and a.profile != b.profile
     assert len(pairs) == expected
 
 
@@ -93,6 +102,7 @@ def test_paper_rule_with_one_target() -> None:
             "explorer": ["base", "base", "writers", "writers"], "style": [None, None, "eras", "favourites"],
             "profile_id": ["a", "b", "c", "d"], "profile": ["p1", "p2", "p3", "p4"],
             "binary_reward": [1.0, 0.0, 1.0, 0.0], "graded_reward": [0.9, 0.2, 0.6, 0.5],
+            "reward": [1.0, 0.0, 1.0, 0.0], "target_rewards": [[1.0], [0.0], [1.0], [0.0]],
         }
     )  # fmt: skip
     pairs = build_pairs(rewards, {"u": (None, "prompt")}, PairOptions())
@@ -106,3 +116,26 @@ def test_paper_rule_with_one_target() -> None:
         ("c", "b"),
     ]
     assert profile_source("writers", "eras") == "writers/eras"
+
+
+def test_min_z_keeps_only_differences_that_clear_their_standard_error() -> None:
+    steady = [0.30, 0.32, 0.28, 0.31, 0.29]  # +0.3 on every target
+    noisy = [1.5, -1.2, 1.4, -1.1, 1.0]  # a larger mean, but mostly noise
+    base = [0.0] * 5
+    assert clears_noise(steady, base, 2.0)
+    assert not clears_noise(noisy, base, 2.0)
+    rewards = pd.DataFrame(
+        {
+            "dataset": "d", "user_id": "u", "split": "train", "explorer": "writers",
+            "style": ["a", "b", "c"], "profile_id": ["s", "n", "b"], "profile": ["s", "n", "b"],
+            "binary_reward": 0.0, "graded_reward": 0.0,
+            "target_rewards": [steady, noisy, base],
+            "reward": [float(np.mean(x)) for x in (steady, noisy, base)],
+        }
+    )  # fmt: skip
+    pairs = build_pairs(rewards, {"u": (None, "prompt")}, PairOptions(min_z=2.0))
+    assert sorted(zip(pairs.chosen_profile_id, pairs.rejected_profile_id, strict=True)) == [
+        ("s", "b")
+    ]
+    everything = build_pairs(rewards, {"u": (None, "prompt")}, PairOptions())
+    assert len(everything) == 3

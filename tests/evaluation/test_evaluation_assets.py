@@ -9,6 +9,7 @@ from synthetic import write_movielens_atomic
 
 from lettingo_dagster.definitions import all_assets, defs
 from lettingo_dagster.resources import SettingsResource, Warehouse
+from lettingo_dagster.settings import load_preset
 
 pytestmark = pytest.mark.integration
 
@@ -44,10 +45,14 @@ def test_rewards_pairs_and_oracle(tmp_path: Path, data_dir: Path, fresh_home: Pa
 
     rewards = _metadata(result, "reward_scores")
     assert rewards["task"] == "ranking"
-    assert "| source |" in rewards["accuracy_per_explorer"]
+    assert "| source |" in rewards["reward_per_explorer"]
+    reliability = rewards["reward_reliability"]
+    assert reliability["low"] <= reliability["estimate"] <= reliability["high"]
     assert 0 <= rewards["no_profile_accuracy"] <= 1
     oracle = _metadata(result, "oracle_study")
-    assert "ceiling" in oracle["oracle_ranking"] and "none" in oracle["oracle_sentiment"]
+    assert "oracle_ceiling" in oracle["oracle_ranking_heldout_all"]
+    assert "recent_only" in oracle["oracle_ranking_heldout_session_guard"]
+    assert oracle["choice"].startswith("largest ceiling lower bound: task ranking")
     recommender = _metadata(result, "recommender")
     assert Path(recommender["model_path"]).is_relative_to(fresh_home / "models" / "recommender")
 
@@ -66,7 +71,10 @@ def test_rewards_pairs_and_oracle(tmp_path: Path, data_dir: Path, fresh_home: Pa
             JOIN reward_scores r ON r.profile_id = p.rejected_profile_id
             """
         ).fetchone()
-    assert scored[0] == profiles and scored[1] == scored[2] == 2  # every profile, on both targets
+    targets = load_preset("ci").task.targets_per_user
+    assert (
+        scored[0] == profiles and scored[1] == scored[2] == targets
+    )  # every profile, every target
     assert 0.0 <= scored[3] <= scored[4] <= 1.0
     assert pairs[0] == _metadata(result, "preference_pairs")["dagster/row_count"] > 0
     assert pairs[1:] == (0, 0, 0)
