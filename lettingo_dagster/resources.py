@@ -17,11 +17,12 @@ from lettingo_dagster.storage import missing_table_failure
 
 # For the steps that call models, which may be remote endpoints. A step fails when more of an
 # explorer's calls failed than its budget allows (max_failed_call_share) or an endpoint is down;
-# Dagster runs it again after about 30 s, 90 s and 210 s (each +-50%), and the model-call cache
-# makes each retry ask only for the answers still missing. A failure that waiting cannot fix (an
-# upstream partition not materialized) opts out with `Failure(allow_retries=False)`.
+# Dagster runs it again after about 30 s and then 90 s (each +-50%), and the model-call cache
+# makes each try ask only for the answers still missing. Two retries: a failure that is no
+# outage (a bug) is not held back for long. A failure that waiting cannot fix (an upstream
+# partition not materialized) opts out with `Failure(allow_retries=False)`.
 MODEL_CALL_RETRY_POLICY = dg.RetryPolicy(
-    max_retries=3, delay=30, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS
+    max_retries=2, delay=30, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS
 )
 
 

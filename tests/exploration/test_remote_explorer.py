@@ -116,7 +116,7 @@ def server() -> Iterator[ChatServer]:
 
 @pytest.fixture
 def no_retry_waits(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Dagster's real waits between a step's tries (about 30 s, 90 s, 210 s) are not what these
+    """Dagster's real waits between a step's tries (about 30 s, then 90 s) are not what these
     tests are about: the tries follow each other at once."""
     monkeypatch.setattr(dg.RetryPolicy, "calculate_delay", lambda self, attempt: 0)
 
@@ -278,7 +278,7 @@ def test_past_the_budget_the_step_fails_with_counts_after_its_retries(
 
     assert not result.success
     retries = [e for e in result.all_events if e.event_type_value == "STEP_UP_FOR_RETRY"]
-    assert len(retries) == 3
+    assert len(retries) == sampled_profiles.op.retry_policy.max_retries == 2
     [failure] = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
     message = str(failure.event_specific_data.error)
     print(f"\npast the budget: {message[:600]}")
