@@ -206,3 +206,28 @@ def test_no_call_starts_once_more_failed_than_allowed(chat_server: Any, tmp_path
         )
     assert len(stats.failures) == 3 and stats.not_attempted == 20 and stats.misses == 0
     assert len(chat_server.requests) == 3
+
+
+def test_a_writer_waits_for_another_process_holding_the_file(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+    import time
+
+    cache = ModelCallCache(tmp_path / "cache.duckdb", lock_wait_s=30)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import duckdb, sys, time; con = duckdb.connect(sys.argv[1]); print('held', flush=True);"
+            " time.sleep(1.5)",
+            str(cache.path),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+    started = time.perf_counter()
+    cache.put_many("generate", "m", {"k": {"text": "kept"}})  # waits instead of failing
+    waited = time.perf_counter() - started
+    holder.wait(timeout=30)
+    assert cache.get_many(["k"]) == {"k": {"text": "kept"}} and waited > 0.5
