@@ -80,7 +80,7 @@ class TaskSettings(_Section):
         "recent window is the K latest remaining ones and the long window the L before them.",
     )
     targets_per_user: int | Literal["all"] = Field(
-        20,
+        10,
         description="T targets per user (1 with `next` = the paper's last-item setting); `all` "
         "(heldout only): every interaction outside the two windows is a target.",
     )
@@ -391,8 +391,9 @@ class PairSettings(_Section):
     min_pairs: int = Field(50, ge=1, description="Fewer pairs than this fails the blocking check.")
     swap_chosen_rejected: bool = Field(
         False,
-        description="NEGATIVE CONTROL ONLY: swap every pair's chosen and rejected profile. DPO "
-        "must then not improve on the base generator (bench/learning_control.py).",
+        description="NEGATIVE CONTROL ONLY: swap every training pair's chosen and rejected "
+        "profile (calibration pairs stay true, so held-out preference accuracy falls below "
+        "0.5). DPO must then not improve on the base generator (bench/learning_control.py).",
     )
     min_z: float = Field(
         2.0,

@@ -67,3 +67,13 @@ def test_invalid_yaml(tmp_path: Path) -> None:
     folder = _write(tmp_path, "task: [unclosed\n")
     with pytest.raises(PresetError, match="not valid YAML"):
         load_preset("p", folder)
+
+
+def test_code_defaults_are_the_default_preset() -> None:
+    """One source for each setting: what the code assumes is what `default` ships (the dataset
+    list aside, which only a preset can name)."""
+    shipped = load_preset("default")
+    from lettingo_dagster.settings import Preset
+
+    code = Preset(name="default", description=shipped.description, data=shipped.data)
+    assert code == shipped

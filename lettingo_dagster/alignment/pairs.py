@@ -42,7 +42,7 @@ PAIR_COLUMNS = {
 class PairOptions:
     graded_margin: float = 0.0  # 0: binary rule only
     min_z: float = 0.0  # paired difference over targets / its standard error must exceed this
-    swap: bool = False  # negative control: chosen and rejected trade places
+    swap: bool = False  # negative control: training pairs' chosen and rejected trade places
     max_pairs_per_user: int | None = None
     scope: Literal["all", "within_explorer"] = "all"
     balance_sources: bool = False
@@ -167,12 +167,15 @@ def build_pairs(
     if options.balance_sources:
         pairs = _balance(pairs, options.seed)
     if options.swap:
-        pairs = swap_sides(pairs)
+        train = pairs["split"] == "train"
+        pairs = pd.concat([swap_sides(pairs[train]), pairs[~train]]).sort_index()
     return pairs.reset_index(drop=True)
 
 
 def swap_sides(pairs: pd.DataFrame) -> pd.DataFrame:
-    """Every pair with chosen and rejected exchanged (the negative control)."""
+    """Every pair with chosen and rejected exchanged (the negative control). Only training
+    pairs are swapped, so DPO's held-out preference accuracy on calibration users' pairs still
+    measures agreement with the true preferences and must fall below 0.5."""
     renamed = {}
     for column in pairs.columns:
         if column.startswith("chosen"):

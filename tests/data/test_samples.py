@@ -11,6 +11,7 @@ from lettingo_dagster.settings import SplitSettings, TaskSettings
 TASK = TaskSettings(
     recent_window=4,
     long_window=6,
+    targets="next",
     targets_per_user=3,
     negatives_per_target=5,
     split=SplitSettings(calibration_fraction=0.3, test_fraction=0.3),
@@ -119,3 +120,49 @@ def test_rerated_item_counts_once(tmp_path: Path) -> None:
     last = rows[rows.target_index == 0].iloc[0]
     assert last.target_item_id == early.item_id and last.target_rating == 1.0
     assert early.item_id not in set(rows.long_item_ids.iloc[0])
+
+
+HELDOUT = TASK.model_copy(update={"targets": "heldout", "targets_per_user": 3, "target_seed": 5})
+
+
+def test_heldout_targets_are_a_stable_sample_and_windows_the_latest_rest(tmp_path: Path) -> None:
+    con, frame = _connection(tmp_path, users=25, min_ratings=5, max_ratings=40)
+    samples, _ = build_task_samples(con, "syn", HELDOUT)
+    assert len(samples) == samples.user_id.nunique() * 3
+    ordered = frame.sort_values(["user_id", "timestamp", "item_id"])
+    for user, rows in samples.groupby("user_id"):
+        history = ordered[ordered.user_id == user].drop_duplicates("item_id", keep="last")
+        targets = set(rows.target_item_id)
+        rest = [i for i in history.item_id if i not in targets]
+        first = rows.iloc[0]
+        # The recent window is the K latest non-target items, the long window the L before.
+        assert list(first.recent_item_ids) == rest[-HELDOUT.recent_window :]
+        assert list(first.long_item_ids) == rest[-10:-4]
+        assert not targets & set(first.recent_item_ids) | set(first.long_item_ids) & targets
+        # Every target of a user shares the windows; target_index 0 is the latest target.
+        assert all(list(r) == list(first.recent_item_ids) for r in rows.recent_item_ids)
+        assert rows.sort_values("target_index").target_timestamp.is_monotonic_decreasing
+    # Not just the last interactions: held-out targets come from the whole history.
+    last = ordered.groupby("user_id").tail(3)
+    assert set(samples.target_item_id) != set(last[last.user_id.isin(samples.user_id)].item_id)
+    again, _ = build_task_samples(con, "syn", HELDOUT)
+    assert again.equals(samples)  # seeded: the same draw every time
+    other, _ = build_task_samples(con, "syn", HELDOUT.model_copy(update={"target_seed": 6}))
+    assert set(other.target_item_id) != set(samples.target_item_id)
+
+
+def test_all_targets_take_everything_before_the_windows(tmp_path: Path) -> None:
+    con, frame = _connection(tmp_path, users=10, min_ratings=12, max_ratings=30)
+    task = HELDOUT.model_copy(update={"targets_per_user": "all"})
+    samples, _ = build_task_samples(con, "syn", task)
+    per_user = frame.drop_duplicates(["user_id", "item_id"]).groupby("user_id").size()
+    for user, rows in samples.groupby("user_id"):
+        assert len(rows) == per_user[user] - task.recent_window - task.long_window
+        window = set(rows.iloc[0].recent_item_ids) | set(rows.iloc[0].long_item_ids)
+        assert not window & set(rows.target_item_id)
+        assert rows.target_timestamp.max() <= min(rows.iloc[0].long_timestamps)
+
+
+def test_all_targets_need_the_heldout_protocol() -> None:
+    with pytest.raises(ValueError, match="heldout"):
+        TaskSettings(targets="next", targets_per_user="all")
