@@ -82,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
                 "warehouse": Warehouse(database=str(warehouse)),
             },
             raise_on_error=False,
+            run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
         )
         if not result.success:
             print(f"could not build task_samples for {DATASET} (is it fetched?)", file=sys.stderr)

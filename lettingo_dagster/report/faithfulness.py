@@ -39,9 +39,11 @@ _SPAN_BREAK = re.compile(r"[\n;()\[\]{}\"“”«»•|]")
 _MAX_TITLE_WORDS = 12
 _ARTICLES = ("the", "a", "an", "il", "la", "le", "les", "l", "el", "das", "der", "die", "lo")
 _TRAILING_ARTICLE = re.compile(r"^(.*),\s*(" + "|".join(_ARTICLES) + r")'?$", re.IGNORECASE)
-# Ratings are searched this far after a title's mention (and never past the next mention).
+# Ratings are searched this far after a title's mention (never past the next mention, a
+# semicolon or a line break).
 _RATING_CHARS = 70
-_NUMBER = r"(\d(?:\.\d)?|one|two|three|four|five)"
+# A rating's number, never the tail of a word or number ('Lone Star' is no 'one star').
+_NUMBER = r"(?<![\w.])(\d(?:\.\d)?|one|two|three|four|five)"
 _RATING_PATTERNS = (
     re.compile(_NUMBER + r"\s*/\s*5\b", re.IGNORECASE),
     re.compile(_NUMBER + r"\s+out\s+of\s+(?:5|five)\b", re.IGNORECASE),
@@ -636,6 +638,8 @@ def _rating_claims(
         if k + 1 < len(ordered):
             limit = min(limit, ordered[k + 1].start)
         region = profile[mention.end : max(mention.end, limit)]
+        # A rating belongs to its title's clause: 'drama (Lone Star); thriller (...)'.
+        region = re.split(r"[;\n]", region, maxsplit=1)[0]
         found = [m for pattern in _RATING_PATTERNS for m in pattern.finditer(region)]
         if not found:
             continue

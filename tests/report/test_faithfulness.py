@@ -185,3 +185,19 @@ def test_genres_in_another_datasets_spelling() -> None:
         ("Science Fiction", "liked", True),
         ("Comedy", "disliked", True),
     }
+
+
+def test_a_rating_belongs_to_its_titles_clause() -> None:
+    """'Lone Star' holds no 'one star', and a rating after a semicolon is the next clause's."""
+    window = (
+        _item("Lone Star", 1996, ("Drama", "Mystery"), 5),
+        _item("Trainspotting", 1996, ("Drama",), 4),
+    )
+    profile = "Keywords: drama (Lone Star, Trainspotting); mystery (Lone Star). Scream: 2/5"
+    (result,) = score_profiles([profile], [window])
+    assert result.ratings == ()
+    (result,) = score_profiles(["Trainspotting, 4 stars; Lone Star 1/5"], [window])
+    assert [(r.title, r.stated) for r in result.ratings] == [
+        ("Trainspotting", 4.0),
+        ("Lone Star", 1.0),
+    ]
