@@ -107,12 +107,15 @@ def _figures_table(figures: dict[str, float]) -> pd.DataFrame:
     group_name=GROUP_EVALUATION,
     kinds={"scikitlearn", "pytorch"},
     pool=None,
-    deps=["task_samples"],
+    deps=["task_samples", "sampled_profiles"],
     description=(
         "The frozen recommender that scores profiles (stage 2). offline: all-MiniLM-L6-v2 "
-        "sentence features of the recent window, the profile and the target, with a small head "
-        "fit once on calibration users' writer profiles (and without a profile), then saved and "
-        "never refit; llm: the paper's LLM recommender. The value is the saved folder's path."
+        "sentence features of the recent window, the profile and the target, plus item "
+        "knowledge: the recent window's items and the items, genres and averages a profile names, "
+        "related to each candidate through item factors. Its head is fit once on calibration "
+        "users over the real candidate distribution (every explorer's sampled profiles and no "
+        "profile), then saved and never refit; llm: the paper's LLM recommender. The value is "
+        "the saved folder's path."
     ),
 )
 def recommender(
@@ -132,16 +135,24 @@ def recommender(
         (folder / RECOMMENDER_SPEC).write_text(json.dumps(spec, indent=1))
         return dg.Output(str(folder), metadata={"kind": "llm", "task": config.task})
 
-    from lettingo_dagster.evaluation.oracle import writer_profiles
-
     with warehouse.get_connection() as con:
-        require_partition(con, ("task_samples", "items"), dataset)
+        require_partition(con, ("task_samples", "items", "sampled_profiles"), dataset)
         examples = load_target_examples(con, dataset, preset.task, ("calibration",))
+        candidates = con.execute(
+            """SELECT user_id, explorer, coalesce(style, CAST(sample_index AS VARCHAR)) AS slot,
+                      profile
+               FROM sampled_profiles WHERE dataset = ? AND split = 'calibration'""",
+            [dataset],
+        ).df()
     if not examples:
         raise dg.Failure(description=f"{dataset}: no calibration users in task_samples")
+    by_user: dict[str, dict[str, str]] = defaultdict(dict)
+    for row in candidates.itertuples():
+        by_user[row.user_id][f"{row.explorer}/{row.slot}"] = row.profile
     started = time.perf_counter()
     model = offline_recommender(preset, item_knowledge)
-    figures = model.fit(examples, writer_profiles(examples), (config.task,), holdout=False)
+    figures = model.fit(examples, [by_user[e.user_id] for e in examples], (config.task,),
+                        holdout=False)  # fmt: skip
     folder = models_dir() / "recommender" / dataset / model.fingerprint
     if not (folder / RECOMMENDER_SPEC).is_file():
         with write_folder_atomically(folder) as scratch:

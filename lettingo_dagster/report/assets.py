@@ -167,6 +167,18 @@ def sanity_baselines(knowledge_dir: str, preset: Preset) -> dict[str, Recommende
     }
 
 
+def planted_truth(dataset: str) -> dict | None:
+    """The planted tastes of a dataset generated with a known answer (planted-taste), if any."""
+    from lettingo_dagster.data.planted import TRUTH_FILE, load_planted_truth
+    from lettingo_dagster.registry import load_registry
+
+    entry = load_registry().get(dataset)
+    if entry is None:
+        return None
+    folder = entry.interactions.parent
+    return load_planted_truth(folder) if (folder / TRUTH_FILE).is_file() else None
+
+
 def champion_model_dir(mlflow: MlflowTracking, name: str) -> str | None:
     """The local model folder of the registry's current champion, when it still exists."""
     version = mlflow.alias_version(name)
@@ -292,6 +304,8 @@ def evaluation_report(
     )  # fmt: skip
     writers = ev.writer_profiles_by_user(test_examples)
     stats = ev.profile_statistics(generated, writers)
+    claims = ev.claim_statistics(generated, test_examples, planted_truth(dataset))
+    claims = claims.set_index("method").apply(pd.to_numeric, errors="coerce").reset_index()
     matrices = ev.confusion_matrices(outputs, task)
 
     folder = reports_dir(dataset)
@@ -343,6 +357,7 @@ def evaluation_report(
         null_check=null_check,
         ceiling=ceiling,
         profile_stats=stats,
+        claims=claims,
         confusion=matrices,
         plots=plots,
         generator={
@@ -405,6 +420,7 @@ def evaluation_report(
                 markdown_preview(pd.DataFrame(null_check).round(4), rows=20)
             ),
             "profile_statistics": dg.MetadataValue.md(markdown_preview(stats.round(3), rows=10)),
+            "profile_claims": dg.MetadataValue.md(markdown_preview(claims.round(3), rows=12)),
             "metric_intervals_plot": dg.MetadataValue.md(
                 _image_markdown(folder / plots["metrics"], "metrics with 95% intervals")
             )

@@ -538,3 +538,66 @@ def confusion_matrices(outputs: Mapping[str, MethodOutputs], task: str) -> dict[
             frame.index.name = "rank"
         out[method] = frame
     return out
+
+
+# ---- what the profiles claim ---------------------------------------------------------------
+
+
+def claim_statistics(
+    generated: Mapping[str, Mapping[str, Sequence[str]]],
+    examples: Sequence[TargetExample],
+    truth: Mapping[str, Any] | None = None,
+) -> pd.DataFrame:
+    """Per generator method and for the writers' baselines: how faithful the profiles are to the
+    long window (shares of titles in it, stated ratings within one point, liked and disliked
+    genres its ratings back; `report.faithfulness`), and, on a world whose tastes are known
+    (`truth`: user id -> planted taste), the share of stated liked / disliked genres that are
+    the user's planted ones and the share of planted liked genres stated."""
+    from lettingo_dagster.evaluation.mentions import ProfileReader
+    from lettingo_dagster.report.faithfulness import FaithfulnessScorer, summarize
+
+    by_user = _group_examples(examples)
+    windows = {user: group[0].long_window for user, group in by_user.items()}
+    writers = writer_profiles_by_user(examples, tuple(WRITER_METHODS.values()))
+    methods: dict[str, dict[str, list[str]]] = {
+        method: {u: [writers[u][style]] for u in writers}
+        for method, style in WRITER_METHODS.items()
+    }
+    methods.update({m: dict(p) for m, p in generated.items()})
+    genres = sorted({g for w in windows.values() for item in w for g in item.genres})
+    items = {item.item_id: item for w in windows.values() for item in w}
+    reader = ProfileReader(list(items), [i.title for i in items.values()], genres)
+    scorer = FaithfulnessScorer()
+    rows = []
+    for method, profiles in methods.items():
+        pairs = [(text, u) for u, texts in profiles.items() if u in windows for text in texts]
+        summary = summarize(scorer.score_all([t for t, _ in pairs], [windows[u] for _, u in pairs]))
+        row: dict[str, Any] = {
+            "method": method,
+            "titles_in_window": summary.titles.rate,
+            "ratings_within_1": summary.ratings.rate,
+            "liked_genres_backed": summary.liked_genres.rate,
+            "disliked_genres_backed": summary.disliked_genres.rate,
+        }
+        if truth:
+            stated_liked = stated_disliked = hit_liked = hit_disliked = recalled = planted = 0
+            for text, user in pairs:
+                taste = truth.get(user)
+                if taste is None:
+                    continue
+                polarity = reader.read(text).genres
+                liked = {g for g, p in polarity.items() if p > 0}
+                disliked = {g for g, p in polarity.items() if p < 0}
+                stated_liked += len(liked)
+                stated_disliked += len(disliked)
+                hit_liked += len(liked & set(taste.liked_genres))
+                hit_disliked += len(disliked & set(taste.disliked_genres))
+                recalled += len(liked & set(taste.liked_genres))
+                planted += len(taste.liked_genres)
+            row["planted_liked_precision"] = hit_liked / stated_liked if stated_liked else None
+            row["planted_disliked_precision"] = (
+                hit_disliked / stated_disliked if stated_disliked else None
+            )
+            row["planted_liked_recall"] = recalled / planted if planted else None
+        rows.append(row)
+    return pd.DataFrame(rows)

@@ -35,6 +35,7 @@ class Report:
     null_check: Sequence[Mapping[str, Any]] = ()
     ceiling: Sequence[Mapping[str, Any]] = ()
     profile_stats: pd.DataFrame | None = None
+    claims: pd.DataFrame | None = None  # faithfulness (and planted-taste agreement) per method
     confusion: Mapping[str, pd.DataFrame] = field(default_factory=dict)
     plots: Mapping[str, str] = field(default_factory=dict)
     generator: Mapping[str, Any] = field(default_factory=dict)
@@ -133,6 +134,14 @@ def _differences_rows(differences: Sequence[Mapping[str, Any]], scale: Scale) ->
 _DIFF_HEADER = ["comparison", "metric", "difference [95% CI]", "excludes 0", "users"]
 
 
+CLAIMS_NOTE = (
+    "Shares of each method's checkable claims that the user's long window supports: titles "
+    "in it, stated ratings within one point, liked and disliked genres its ratings back; on the "
+    "planted-taste world also the share of stated liked / disliked genres that are the user's "
+    "planted ones, and of planted liked genres stated. n/a: no such claim."
+)
+
+
 def _stats_rows(stats: pd.DataFrame) -> tuple[list[str], list[list[Any]]]:
     header = list(stats.columns)
     rows = []
@@ -210,6 +219,9 @@ def render_markdown(report: Report, scale: Scale = "points") -> str:
             "",
         ]
         out += [_md_table(*_stats_rows(report.profile_stats)), ""]
+    if report.claims is not None and len(report.claims):
+        out += ["## What the profiles claim", "", CLAIMS_NOTE, ""]
+        out += [_md_table(*_stats_rows(report.claims)), ""]
     if report.confusion:
         title = "Confusion matrices" if report.task == "sentiment" else "Target rank buckets"
         out += [f"## {title}", ""]
@@ -304,6 +316,9 @@ def render_html(report: Report, scale: Scale = "points") -> str:
         )
     if report.profile_stats is not None and len(report.profile_stats):
         out += ["<h2>Profiles</h2>", _html_table(*_stats_rows(report.profile_stats))]
+    if report.claims is not None and len(report.claims):
+        out += ["<h2>What the profiles claim</h2>", f"<p>{html.escape(CLAIMS_NOTE)}</p>",
+                _html_table(*_stats_rows(report.claims))]  # fmt: skip
     if report.confusion:
         heading = "Confusion matrices" if report.task == "sentiment" else "Target rank buckets"
         out.append(f"<h2>{_h(heading)}</h2>")
