@@ -77,3 +77,18 @@ def test_code_defaults_are_the_default_preset() -> None:
 
     code = Preset(name="default", description=shipped.description, data=shipped.data)
     assert code == shipped
+
+
+def test_readme_reference_lists_every_setting() -> None:
+    """The README's configuration reference names every setting, so it cannot go stale."""
+    readme = (Path(__file__).parents[1] / "README.md").read_text(encoding="utf-8")
+    reference = readme[readme.index("## Configuration reference") :]
+    missing = []
+    for key, _default, _description in describe_settings():
+        top, _, rest = key.partition(".")
+        if top in ("name", "description"):
+            continue
+        section = reference[reference.index(f"### {top}\n") :]
+        if f"| `{rest or top}` |" not in section:
+            missing.append(key)
+    assert missing == []
