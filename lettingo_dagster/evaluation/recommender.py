@@ -91,7 +91,7 @@ def load_recommender(
 
         return OfflineRecommender.load(folder)
     from lettingo_dagster.evaluation.llm_recommender import LLMRecommender
-    from lettingo_dagster.exploration.explorers import build_model
+    from lettingo_dagster.models.factory import build_model
 
     assert preset.recommender.model is not None
     model = build_model(preset.recommender.model, base_generator_dir, preset.compute.torch_threads)

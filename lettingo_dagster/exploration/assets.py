@@ -2,8 +2,6 @@
 
 import hashlib
 import json
-import os
-import shutil
 import time
 from collections.abc import Iterator
 from dataclasses import asdict
@@ -13,11 +11,11 @@ import dagster as dg
 import pandas as pd
 
 from lettingo_dagster.checks import check_results, check_specs
+from lettingo_dagster.constants import POOL_MODEL
 from lettingo_dagster.dataset_assets import dataset_asset
 from lettingo_dagster.exploration.explorers import (
     CALL_FAILURE_COLUMNS,
     FailedCallRow,
-    build_model,
     call_failure_frame,
     failed_call_rows,
     failure_budget_exceeded,
@@ -30,7 +28,9 @@ from lettingo_dagster.exploration.history import UserHistory, load_long_windows
 from lettingo_dagster.exploration.profile_quality import profile_frames, profile_rules
 from lettingo_dagster.exploration.prompts import load_template
 from lettingo_dagster.exploration.writers import genre_affinity
+from lettingo_dagster.folders import write_folder_atomically
 from lettingo_dagster.models.cache import ChunkProgress, ModelCallCache
+from lettingo_dagster.models.factory import build_model
 from lettingo_dagster.paths import model_cache_path, models_dir
 from lettingo_dagster.quality import validate_rules
 from lettingo_dagster.resources import MODEL_CALL_RETRY_POLICY, SettingsResource, Warehouse
@@ -73,7 +73,7 @@ def _loss_table(curve: list[tuple[int, float]], rows: int = 12) -> pd.DataFrame:
     key="base_generator",
     group_name="exploration",
     kinds={"pytorch", "transformers"},
-    pool="gpu",
+    pool=POOL_MODEL,
     deps=["task_samples"],
     description=(
         "The project's own small Llama-architecture causal LM with a tokenizer trained on the "
@@ -117,21 +117,18 @@ def base_generator(
         context.log.info(f"base generator {version} already trained at {out_dir}; reusing it")
         report = json.loads(report_file.read_text())
     else:
-        # Train into a scratch folder and rename: a killed run never leaves a half-saved model.
-        scratch = out_dir.with_name(f".{version}.partial-{os.getpid()}")
-        shutil.rmtree(scratch, ignore_errors=True)
         context.log.info(f"pretraining base generator {version} on {len(examples)} writer profiles")
-        result = pretrain(
-            examples,
-            config,
-            scratch,
-            torch_threads=preset.exploration.torch_threads,
-            log=context.log.info,
-        )
-        report = asdict(result)
-        (scratch / "pretrain_report.json").write_text(json.dumps(report, indent=1))
-        shutil.rmtree(out_dir, ignore_errors=True)
-        scratch.rename(out_dir)
+        # A killed run never leaves a half-saved model under the version's name.
+        with write_folder_atomically(out_dir) as scratch:
+            result = pretrain(
+                examples,
+                config,
+                scratch,
+                torch_threads=preset.compute.torch_threads,
+                log=context.log.info,
+            )
+            report = asdict(result)
+            (scratch / "pretrain_report.json").write_text(json.dumps(report, indent=1))
     shown = sample_examples(
         out_dir, train[:3], template, 3, preset.exploration.explorers[0].decoding
     )
@@ -164,7 +161,7 @@ def base_generator(
     key="sampled_profiles",
     group_name="exploration",
     kinds={"duckdb", "pytorch"},
-    pool="duckdb",
+    pool=POOL_MODEL,
     deps=["task_samples"],
     description=(
         "Stage 1 of LettinGo: candidate profiles of every train and calibration user from every "
@@ -203,7 +200,7 @@ def sampled_profiles(
             produced = writer_candidates(explorer, histories)
             hit_rate, tokens_per_second, model_calls = None, None, 0
         else:
-            model = build_model(explorer, base_generator, exploration.torch_threads)
+            model = build_model(explorer, base_generator, preset.compute.torch_threads)
 
             def progress(update: ChunkProgress, name: str = explorer.name) -> None:
                 context.log.info(

@@ -40,39 +40,6 @@ def template_name(explorer: ExplorerSettings, base: BaseGeneratorSettings) -> st
     return base.prompt_template if explorer.kind == "base_generator" else "exploration"
 
 
-def build_model(
-    explorer: ExplorerSettings, base_generator_dir: str | None, torch_threads: int
-) -> TextModel:
-    """The backend an explorer entry names (imports torch or httpx only when needed)."""
-    if explorer.kind in ("base_generator", "local"):
-        from lettingo_dagster.models.local import LocalCausalLM
-
-        path = base_generator_dir if explorer.kind == "base_generator" else explorer.path
-        if path is None:
-            raise ValueError(f"explorer {explorer.name!r}: no model folder")
-        return LocalCausalLM(
-            path,
-            adapter=explorer.adapter,
-            torch_threads=torch_threads,
-            batch_size=explorer.batch_size,
-            name=explorer.name,
-        )
-    if explorer.kind == "openai":
-        from lettingo_dagster.models.openai_compat import OpenAICompatibleModel
-
-        return OpenAICompatibleModel(
-            base_url=str(explorer.base_url),
-            model=str(explorer.model),
-            api_key_env=explorer.api_key_env,
-            timeout_s=explorer.timeout_s,
-            max_retries=explorer.max_retries,
-            backoff_base_s=explorer.retry_backoff_s,
-            max_concurrency=explorer.max_concurrency,
-            name=explorer.name,
-        )
-    raise ValueError(f"explorer {explorer.name!r}: kind {explorer.kind!r} has no model")
-
-
 def writer_candidates(
     explorer: ExplorerSettings, histories: Sequence[UserHistory]
 ) -> list[CandidateProfile]:

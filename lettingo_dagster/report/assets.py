@@ -69,7 +69,7 @@ def heldout_profiles(
     base_generator: str,
     dpo_checkpoint: str,
 ) -> dg.MaterializeResult:
-    from lettingo_dagster.exploration.explorers import build_model
+    from lettingo_dagster.models.factory import build_model
 
     preset = settings.load()
     dataset = context.partition_key
