@@ -186,7 +186,7 @@ class LocalCausalLM(TextModel):
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
         if torch_threads:
-            # Oversubscribing shared cores made generation 7x slower (DESIGN §4).
+            # Oversubscribing shared cores made generation 7x slower.
             torch.set_num_threads(torch_threads)
         self.path = str(path)
         self.adapter = str(adapter) if adapter is not None else None
