@@ -17,6 +17,7 @@ services up on this machine and runs the graph through them (docs/scaling-out.md
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -325,6 +326,27 @@ def _required_resources(plan_context: Any, execution_plan: Any) -> set[str]:
     return keys
 
 
+def ensure_pools(instance: dg.DagsterInstance, pools: Iterable[str]) -> None:
+    """Create each pool's row at the default limit before any step claims a slot.
+
+    Dagster creates a pool when the first step of it claims a slot; on PostgreSQL, two runs doing
+    that at the same moment make the second insert fail and abort its transaction, which fails
+    that run. Here the loser of that race sees the winner's row and carries on."""
+    import sqlalchemy.exc
+
+    storage = instance.event_log_storage
+    if instance.global_op_concurrency_default_limit is None:
+        return
+    for pool in pools:
+        for attempt in range(5):
+            if pool in storage.get_concurrency_keys():
+                break
+            try:
+                storage.initialize_concurrency_limit_to_default(pool)
+            except sqlalchemy.exc.DBAPIError:
+                time.sleep(0.2 * (attempt + 1))
+
+
 def team_executor() -> dg.ExecutorDefinition:
     """dagster-celery's executor, configured from the environment, that checks the services and
     routes the queues before the first step is sent."""
@@ -348,6 +370,10 @@ def team_executor() -> dg.ExecutorDefinition:
                 mlflow_uri=_mlflow_uri_for_run(plan_context.dagster_run.run_config)
                 if needs_mlflow
                 else None,
+            )
+            ensure_pools(
+                plan_context.instance,
+                {plan.get_step_by_key(key).pool for key in plan.step_keys_to_execute} - {None},
             )
             plan_context.log.info(
                 f"Team deployment: broker {redact(self.broker)}, queues {', '.join(sorted(queues))}"

@@ -213,3 +213,15 @@ def test_a_run_with_the_broker_down_fails_before_its_first_step(
         )
         assert not any(e.is_step_start for e in events)
     assert not warehouse.exists()
+
+
+def test_pools_exist_before_the_first_claim(tmp_path) -> None:
+    from lettingo_dagster.deployment import ensure_pools
+
+    overrides = {"concurrency": {"pools": {"default_limit": 1}}}
+    with dg.instance_for_test(temp_dir=str(tmp_path), overrides=overrides) as instance:
+        ensure_pools(instance, {"warehouse", "model"})
+        ensure_pools(instance, {"warehouse"})  # an existing pool is left as it is
+        storage = instance.event_log_storage
+        assert storage.get_concurrency_keys() == {"warehouse", "model"}
+        assert storage.get_concurrency_info("warehouse").slot_count == 1
