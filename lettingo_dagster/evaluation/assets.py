@@ -190,8 +190,8 @@ def recommender(
         "task and target protocol of the preset's oracle section: the recommender with no "
         "profile, the raw long window as text, the long window given directly as features (the "
         "information ceiling) and each writer style, with paired bootstrap intervals against "
-        "no profile; also on the users whose windows hold no item rated within an hour of a "
-        "target (the session guard). Picks the task and protocol whose ceiling has the largest "
+        "no profile; also on the targets whose windows hold no item rated within an hour of "
+        "them (the session guard). Picks the task and protocol whose ceiling has the largest "
         "lower bound. Run before any generator is trained."
     ),
 )

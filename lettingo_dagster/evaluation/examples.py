@@ -153,28 +153,27 @@ def load_target_examples(
 SESSION_GAP_SECONDS = 3600
 
 _SESSION_GUARD_SQL = """
-SELECT user_id, bool_and(
-    list_min(list_transform(list_concat(recent_timestamps, long_timestamps),
-                            lambda x: abs(x - target_timestamp))) > $gap) AS guarded
+SELECT user_id, target_index
 FROM {table}
 WHERE dataset = $dataset AND list_contains($splits, split)
-GROUP BY user_id
+  AND list_min(list_transform(list_concat(recent_timestamps, long_timestamps),
+                              lambda x: abs(x - target_timestamp))) > $gap
 """
 
 
-def session_guarded_users(
+def session_guarded_targets(
     con: duckdb.DuckDBPyConnection,
     dataset: str,
     splits: tuple[str, ...] = ("calibration",),
     *,
     table: str = "task_samples",
     gap_seconds: int = SESSION_GAP_SECONDS,
-) -> set[str]:
-    """Users none of whose window items was rated within `gap_seconds` of any of their targets.
-    Ratings come in sessions: on the rest, part of what any window predicts is its session
-    mates, not the user's taste."""
+) -> set[tuple[str, int]]:
+    """(user, target index) of the targets none of whose window items was rated within
+    `gap_seconds` of them. Ratings come in sessions: on the other targets, part of what any
+    window predicts is its session mates, not the user's taste."""
     rows = con.execute(
         _SESSION_GUARD_SQL.format(table=table),
         {"dataset": dataset, "splits": list(splits), "gap": gap_seconds},
     ).fetchall()
-    return {str(user) for user, guarded in rows if guarded}
+    return {(str(user), int(index)) for user, index in rows}

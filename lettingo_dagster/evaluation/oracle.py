@@ -191,7 +191,7 @@ def summarize(
     *,
     n_boot: int = 1000,
     seed: int = 0,
-    users_subset: set[str] | None = None,
+    targets_subset: set[tuple[str, int]] | None = None,
     subset: str = "all",
 ) -> pd.DataFrame:
     """The table: per task, condition and metric, the value with its interval and the paired
@@ -200,8 +200,8 @@ def summarize(
     for task, by_condition in outputs.items():
         statistics = task_metrics(task)
         keep = (
-            np.array([e.user_id in users_subset for e in examples])
-            if users_subset is not None
+            np.array([(e.user_id, e.target_index) in targets_subset for e in examples])
+            if targets_subset is not None
             else np.ones(len(examples), dtype=bool)
         )
         kept = [e for e, k in zip(examples, keep, strict=True) if k]
@@ -242,7 +242,7 @@ def oracle_table(
     n_boot: int = 1000,
     seed: int = 0,
     log: Callable[[str], None] | None = None,
-    session_guarded: set[str] | None = None,
+    session_guarded: set[tuple[str, int]] | None = None,
 ) -> pd.DataFrame:
     """Run the study on calibration examples (see the module docstring); `profiles_by_example`
     defaults to every deterministic writer's profile of each user's long window.
@@ -259,10 +259,10 @@ def oracle_table(
     )
     table = summarize(examples_cal, outputs, n_boot=n_boot, seed=seed)
     if session_guarded is not None:
-        # The same out-of-fold predictions on the users whose windows hold no item rated
-        # within an hour of a target: how much of the room is taste rather than session.
+        # The same out-of-fold predictions on the targets whose windows hold no item rated
+        # within an hour of them: how much of the room is taste rather than session.
         guarded = summarize(examples_cal, outputs, n_boot=n_boot, seed=seed,
-                            users_subset=session_guarded, subset="session_guard")  # fmt: skip
+                            targets_subset=session_guarded, subset="session_guard")  # fmt: skip
         table = pd.concat([table, guarded], ignore_index=True)
     return table
 
@@ -301,7 +301,7 @@ def oracle_grid(
     """The study for every (task, protocol) of the preset's oracle section on calibration users.
     Protocols other than the preset's are built on the fly from `interactions` (same K, L, T)."""
     from lettingo_dagster.data.samples import build_task_samples
-    from lettingo_dagster.evaluation.examples import load_target_examples, session_guarded_users
+    from lettingo_dagster.evaluation.examples import load_target_examples, session_guarded_targets
 
     settings = preset.oracle
     protocols = list(dict.fromkeys([preset.task.targets, *settings.protocols]))
@@ -320,7 +320,7 @@ def oracle_grid(
             examples = load_target_examples(
                 con, dataset, preset.task, ("calibration",), table=table
             )
-            guarded = session_guarded_users(con, dataset, ("calibration",), table=table)
+            guarded = session_guarded_targets(con, dataset, ("calibration",), table=table)
         finally:
             if table != "task_samples":
                 con.unregister(table)
@@ -329,7 +329,7 @@ def oracle_grid(
         users = max(users, len({e.user_id for e in examples}))
         if log is not None:
             log(f"oracle study, targets {protocol}: {len(examples)} calibration targets, "
-                f"{len(guarded)} users pass the session guard")  # fmt: skip
+                f"{len(guarded)} of them pass the session guard")  # fmt: skip
         n_folds = max(2, min(settings.n_folds, len({e.user_id for e in examples}) // 4))
         frame = oracle_table(factory, examples, tasks=tasks, n_folds=n_folds,
                              n_boot=preset.report.n_boot, seed=preset.report.seed, log=log,
