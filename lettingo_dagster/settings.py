@@ -355,7 +355,7 @@ class OracleSettings(_Section):
     """The oracle study: how much room a profile has, before any generator is trained."""
 
     protocols: list[TargetProtocol] = Field(
-        default_factory=lambda: ["next", "heldout"],
+        default_factory=lambda: ["heldout"],
         description="Target protocols compared (the preset's task.targets is always included).",
     )
     tasks: list[Literal["sentiment", "ranking"]] = Field(
