@@ -335,6 +335,8 @@ def _workers_up(settings: TeamSettings, env: dict[str, str]) -> None:
         "worker-training": settings.training_concurrency,
     }
     pids = []
+    # One step per worker process, as Dagster's multiprocess executor does: models and caches a
+    # step keeps in memory never carry over into the next step, whichever run it belongs to.
     for service, queue in WORKERS.items():
         pid = _read_pid(service)
         if pid is not None and _alive(pid):
@@ -344,8 +346,8 @@ def _workers_up(settings: TeamSettings, env: dict[str, str]) -> None:
             service,
             [sys.executable, "-m", "celery", "-A", "dagster_celery.app", "worker",
              "-Q", queue, "-n", f"lettingo-{queue}@%h", "-c", str(concurrency[service]),
-             "--prefetch-multiplier=1", "--loglevel", "INFO", "--without-gossip",
-             "--without-mingle"],
+             "--prefetch-multiplier=1", "--max-tasks-per-child=1", "--loglevel", "INFO",
+             "--without-gossip", "--without-mingle"],
             worker_env,
         )  # fmt: skip
         pids.append(pid)
