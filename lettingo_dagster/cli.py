@@ -90,7 +90,26 @@ def _cmd_preset(args: argparse.Namespace) -> int:
     return 0
 
 
+def chosen_deployment() -> str | None:
+    """`LETTINGO_DEPLOYMENT` as the deployment package reads it (`local` or `team`), or None
+    after printing why the value is not a deployment."""
+    from lettingo_dagster.deployment import DeploymentError, deployment
+
+    try:
+        return deployment()
+    except DeploymentError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return None
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
+    chosen = chosen_deployment()
+    if chosen is None:
+        return 1
+    if chosen == "team":  # through the Celery workers, recorded in PostgreSQL
+        from lettingo_dagster.deployment.__main__ import run_team
+
+        return run_team(args.preset, args.dataset, log_level=args.log_level)
     os.environ["LETTINGO_PRESET"] = args.preset
     prepare_dagster_home()
     from lettingo_dagster.settings import PresetError, load_preset
@@ -230,8 +249,15 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_ui(args: argparse.Namespace) -> int:
+    chosen = chosen_deployment()
+    if chosen is None:
+        return 1
     if args.preset:
         os.environ["LETTINGO_PRESET"] = args.preset
+    if chosen == "team":  # the PostgreSQL-backed instance, once every service answers
+        from lettingo_dagster.deployment.__main__ import serve_team_ui
+
+        return serve_team_ui(args.host, args.port)
     prepare_dagster_home()
     command = [
         sys.executable, "-m", "dagster", "dev",

@@ -120,16 +120,23 @@ def _failure_message(instance: object, run_id: str) -> str:
     return ""
 
 
-def _cmd_run(args: argparse.Namespace) -> int:
+def run_team(
+    preset_name: str,
+    datasets: list[str] | None = None,
+    job_name: str = "lettingo_pipeline",
+    log_level: str | None = None,
+) -> int:
+    """Materialize `job_name` for each dataset through the Celery workers, recorded in
+    PostgreSQL: `lettingo run` and `make team-run` under `LETTINGO_DEPLOYMENT=team`."""
     settings = _settings()
-    os.environ["LETTINGO_PRESET"] = args.preset
+    os.environ["LETTINGO_PRESET"] = preset_name
     from lettingo_dagster.deployment import preflight
     from lettingo_dagster.settings import PresetError, load_preset
 
     try:
-        preset = load_preset(args.preset)
+        preset = load_preset(preset_name)
         # The storage first: without it the run cannot even be recorded.
-        preflight(settings, mlflow_uri=settings.mlflow_uri if args.job != "ingest_data" else None)
+        preflight(settings, mlflow_uri=settings.mlflow_uri if job_name != "ingest_data" else None)
     except (PresetError, DeploymentError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -141,9 +148,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from lettingo_dagster.cli import print_report
     from lettingo_dagster.definitions import defs
 
-    job_def = defs.resolve_job_def(args.job)
+    job_def = defs.resolve_job_def(job_name)
     known = job_def.partitions_def.get_partition_keys() if job_def.partitions_def else []
-    datasets = args.dataset or preset.data.datasets or known
+    datasets = datasets or preset.data.datasets or known
     unknown = [name for name in datasets if name not in known]
     if unknown:
         print(f"error: not in the dataset registry: {', '.join(unknown)}", file=sys.stderr)
@@ -151,17 +158,19 @@ def _cmd_run(args: argparse.Namespace) -> int:
     # Workers rebuild the job from this pointer, so they need the same code and environment.
     job = ReconstructableRepository.for_module(
         "lettingo_dagster.definitions", "defs", working_directory=str(PROJECT_ROOT)
-    ).get_reconstructable_job(args.job)
+    ).get_reconstructable_job(job_name)
     # Workers were started with their own LETTINGO_PRESET; the run's config carries this one.
-    run_config = {"resources": {"settings": {"config": {"preset": args.preset}}}}
+    run_config: dict = {"resources": {"settings": {"config": {"preset": preset_name}}}}
+    if log_level:
+        run_config["loggers"] = {"console": {"config": {"log_level": log_level}}}
     failed = False
     with dg.DagsterInstance.get() as instance:
         for dataset in datasets:
-            print(f"==> {args.job} for {dataset} (preset {args.preset}) on the Celery workers")
+            print(f"==> {job_name} for {dataset} (preset {preset_name}) on the Celery workers")
             started = time.perf_counter()
             result = dg.execute_job(
                 job, instance, run_config=run_config,
-                tags={"dagster/partition": dataset, "lettingo/preset": args.preset},
+                tags={"dagster/partition": dataset, "lettingo/preset": preset_name},
             )  # fmt: skip
             materialized = sorted(
                 event.asset_key.to_user_string()
@@ -182,13 +191,15 @@ def _cmd_run(args: argparse.Namespace) -> int:
                 message = _failure_message(instance, result.run_id)
                 if message:
                     print(f"error: {message}", file=sys.stderr)
-            elif args.job == "lettingo_pipeline":
+            elif job_name == "lettingo_pipeline":
                 print_report(dataset)
     print(f"\nDagster UI: make team-ui   MLflow: {settings.mlflow_uri}")
     return 1 if failed else 0
 
 
-def _cmd_ui(args: argparse.Namespace) -> int:
+def serve_team_ui(host: str = "127.0.0.1", port: int = 3000) -> int:
+    """The Dagster UI (and daemon) on the team instance, once every service answers: `lettingo
+    ui` and `make team-ui` under `LETTINGO_DEPLOYMENT=team`. Replaces this process."""
     settings = _settings()
     from lettingo_dagster.deployment import preflight
 
@@ -200,11 +211,19 @@ def _cmd_ui(args: argparse.Namespace) -> int:
     home = prepare_team_home()
     command = [
         sys.executable, "-m", "dagster", "dev", "-w", str(PROJECT_ROOT / "workspace.yaml"),
-        "--host", args.host, "--port", str(args.port),
+        "--host", host, "--port", str(port),
     ]  # fmt: skip
-    print(f"Dagster UI on http://{args.host}:{args.port} (team instance {home})")
+    print(f"Dagster UI on http://{host}:{port} (team instance {home})")
     os.execv(sys.executable, command)
     return 0  # not reached
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    return run_team(args.preset, args.dataset, args.job)
+
+
+def _cmd_ui(args: argparse.Namespace) -> int:
+    return serve_team_ui(args.host, args.port)
 
 
 def build_parser() -> argparse.ArgumentParser:
