@@ -92,6 +92,8 @@ def test_two_runs_at_once_write_the_warehouse_one_at_a_time(fresh_home: Path, mo
     monkeypatch.delenv("DAGSTER_HOME", raising=False)
     monkeypatch.delenv("LETTINGO_DEPLOYMENT", raising=False)
     prepare_dagster_home()  # the local instance: sqlite, the project's pools
+    with dg.DagsterInstance.get():  # its databases, before two processes would create them at once
+        pass
     root = Path(__file__).resolve().parents[2]
     env = {
         **os.environ,
