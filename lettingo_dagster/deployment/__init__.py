@@ -11,7 +11,8 @@ Every service is named by one URL in the environment, read by the orchestrating 
 the workers alike. Before a team run sends its first step, the executor checks the broker, the
 workers and the MLflow server and fails the run with one line naming the service that is down,
 so nothing is half-written to the warehouse. `python -m lettingo_dagster.deployment` stands the
-services up on this machine and runs the graph through them (docs/scaling-out.md).
+services up on this machine and runs the graph through them; `lettingo run` and `lettingo ui`
+call the same run and UI when the deployment is `team` (docs/scaling-out.md).
 """
 
 from __future__ import annotations

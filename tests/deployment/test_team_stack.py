@@ -132,19 +132,15 @@ def stack() -> Iterator[Stack]:
 @pytest.fixture(scope="module")
 def team_runs(stack: Stack) -> dict[str, subprocess.CompletedProcess]:
     """Two runs for two partitions at once, each its own orchestrating process, as two users (or
-    a backfill) would launch them."""
+    a backfill) would launch them: one with `lettingo run` under LETTINGO_DEPLOYMENT=team, the
+    other with `make team-run`'s command."""
+    commands = {
+        DATASETS[0]: ["lettingo_dagster.cli", "run"],
+        DATASETS[1]: ["lettingo_dagster.deployment", "run"],
+    }
     runs = {
         name: subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "lettingo_dagster.deployment",
-                "run",
-                "--preset",
-                "ci",
-                "--dataset",
-                name,
-            ],
+            [sys.executable, "-m", *commands[name], "--preset", "ci", "--dataset", name],
             env=stack.env,
             cwd=ROOT,
             stdout=subprocess.PIPE,
