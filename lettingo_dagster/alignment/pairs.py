@@ -14,10 +14,15 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from itertools import combinations
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import pandas as pd
+
+if TYPE_CHECKING:
+    import duckdb
+
+    from lettingo_dagster.settings import PairSettings
 
 PAIR_COLUMNS = {
     "dataset": "VARCHAR",
@@ -47,6 +52,29 @@ class PairOptions:
     scope: Literal["all", "within_explorer"] = "all"
     balance_sources: bool = False
     seed: int = 0
+
+
+def pair_options(settings: PairSettings) -> PairOptions:
+    """The preset's `pairs` section as options."""
+    return PairOptions(
+        graded_margin=settings.graded_margin, min_z=settings.min_z,
+        swap=settings.swap_chosen_rejected,
+        max_pairs_per_user=settings.max_pairs_per_user,
+        scope=settings.scope, balance_sources=settings.balance_sources, seed=settings.seed,
+    )  # fmt: skip
+
+
+def load_scored_candidates(con: duckdb.DuckDBPyConnection, dataset: str) -> pd.DataFrame:
+    """Every scored candidate of a dataset with its text, in a stable order."""
+    return con.execute(
+        """
+        SELECT r.dataset, r.user_id, r.split, r.explorer, r.style, r.profile_id, p.profile,
+               r.binary_reward, r.graded_reward, r.reward, r.target_rewards
+        FROM reward_scores r JOIN sampled_profiles p USING (dataset, profile_id)
+        WHERE r.dataset = ? ORDER BY r.user_id, r.explorer, r.style, r.sample_index
+        """,
+        [dataset],
+    ).df()
 
 
 def profile_source(explorer: str, style: str | None) -> str:
@@ -195,3 +223,22 @@ def pair_summary(pairs: pd.DataFrame, users_with_candidates: int) -> dict[str, f
         else 0.0,
         "pairs_per_user_with_pairs": round(len(pairs) / users, 2) if users else 0.0,
     }
+
+
+def split_summaries(pairs: pd.DataFrame, candidates: pd.DataFrame) -> dict[str, dict[str, float]]:
+    """`pair_summary` of the train and the calibration users."""
+    return {
+        split: pair_summary(
+            pairs[pairs.split == split], candidates[candidates.split == split]["user_id"].nunique()
+        )
+        for split in ("train", "calibration")
+    }
+
+
+def source_counts(pairs: pd.DataFrame) -> pd.DataFrame:
+    """How often each source is chosen and rejected."""
+    return (
+        pd.concat([pairs["chosen_source"].value_counts().rename("chosen"),
+                   pairs["rejected_source"].value_counts().rename("rejected")], axis=1)
+        .fillna(0).astype(int).rename_axis("source").reset_index()
+    )  # fmt: skip

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+from lettingo_dagster.exploration.history import UserHistory
 from lettingo_dagster.settings import ExplorerSettings, Preset
 
 
@@ -21,3 +24,19 @@ def policy_folder(preset: Preset, policy: str, base_generator_dir: str) -> str:
         return base_generator_dir
     assert explorer.path is not None  # the preset validates this
     return explorer.path
+
+
+def policy_prompts(preset: Preset, histories: Sequence[UserHistory]) -> dict[str, tuple[str, str]]:
+    """Each user's DPO prompt (system, user): the generator's exploration prompt over the long
+    window, rendered as the policy sees it when sampling (its special tokens defused in the
+    data)."""
+    from lettingo_dagster.exploration.base_generator import SPECIAL_TOKENS
+    from lettingo_dagster.exploration.prompts import load_template
+
+    template = load_template(preset.base_generator.prompt_template)
+    specials = SPECIAL_TOKENS if policy_kind(preset) == "base_generator" else ()
+    prompts = {}
+    for history in histories:
+        prompt = template.render(history, specials)
+        prompts[history.user_id] = (prompt.system, prompt.user)
+    return prompts
