@@ -17,13 +17,13 @@ from typing import Any
 
 import dagster as dg
 
-from lettingo_dagster.data.assets import InteractionsConfig
 from lettingo_dagster.data.landing import (
     LandingState,
     forget_missing_files,
     quiet_seconds,
     scan_landing,
 )
+from lettingo_dagster.data.run_config import InteractionsConfig
 from lettingo_dagster.dataset_assets import dataset_partitions
 from lettingo_dagster.paths import lettingo_home
 

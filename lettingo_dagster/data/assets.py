@@ -2,54 +2,42 @@
 
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import dagster as dg
 import pandas as pd
-from pydantic import Field
 
 from lettingo_dagster.checks import check_results, check_specs
-from lettingo_dagster.constants import POOL_WAREHOUSE, SPLITS
-from lettingo_dagster.data.fetch import FETCHABLE, fetch_dataset
-from lettingo_dagster.data.landing import file_sha256, newest_landed_file
+from lettingo_dagster.constants import POOL_WAREHOUSE
+from lettingo_dagster.data.ingest import (
+    INTERACTION_COLUMNS,
+    ITEM_COLUMNS,
+    InteractionsLoad,
+    RawFileMissing,
+    ensure_raw_files,
+    interactions_source,
+    label_distribution,
+    load_interactions_table,
+    load_items_table,
+)
+from lettingo_dagster.data.landing import file_sha256
 from lettingo_dagster.data.rules import (
-    interaction_frame,
     interaction_rules,
-    item_frame,
     item_rules,
     task_sample_frames,
     task_sample_rules,
 )
-from lettingo_dagster.data.samples import LABELS, TASK_SAMPLE_COLUMNS, build_task_samples
+from lettingo_dagster.data.run_config import InteractionsConfig
+from lettingo_dagster.data.samples import TASK_SAMPLE_COLUMNS, build_task_samples
 from lettingo_dagster.dataset_assets import dataset_asset
-from lettingo_dagster.paths import data_cache_dir, landing_dir
 from lettingo_dagster.quality import validate_rules
 from lettingo_dagster.registry import DatasetEntry, get_dataset
 from lettingo_dagster.resources import SettingsResource, Warehouse
 from lettingo_dagster.storage import (
-    create_table_if_missing,
     markdown_preview,
-    replace_partition,
     replace_partition_from_frame,
     require_partition,
 )
-
-INTERACTION_COLUMNS = {
-    "dataset": "VARCHAR",
-    "user_id": "VARCHAR",
-    "item_id": "VARCHAR",
-    "rating": "DOUBLE",
-    "timestamp": "BIGINT",
-}
-ITEM_COLUMNS = {
-    "dataset": "VARCHAR",
-    "item_id": "VARCHAR",
-    "title": "VARCHAR",
-    "year": "INTEGER",
-    "genres": "VARCHAR",
-    "description": "VARCHAR",
-}
 
 
 def _table_schema(columns: dict[str, str]) -> dg.TableSchema:
@@ -58,61 +46,35 @@ def _table_schema(columns: dict[str, str]) -> dg.TableSchema:
     )
 
 
-def _raw_files_ready(
-    context: dg.AssetExecutionContext, entry: DatasetEntry, interactions: Path | None = None
-) -> None:
-    """Fetch a fetchable dataset on first use; otherwise say which file is missing.
-
-    `interactions` is the file this run reads when it is not the registry's (a landed file);
-    only the registry's own files can be fetched.
-    """
-    interactions = interactions if interactions is not None else entry.interactions
-    missing = [p for p in (interactions, entry.items) if p is not None and not p.is_file()]
-    if not missing:
-        return
-    if entry.name in FETCHABLE and all(p in (entry.interactions, entry.items) for p in missing):
-        fetch_dataset(entry.name, data_cache_dir(), log=context.log.info)
-        return
-    raise dg.Failure(
-        description=f"dataset {entry.name!r} (registered in {entry.source}): "
-        f"file not found: {', '.join(str(p) for p in missing)}"
-    )
-
-
-class InteractionsConfig(dg.Config):
-    """Per-run options of the `interactions` asset (the launchpad shows them)."""
-
-    source_file: str | None = Field(
-        default=None,
-        description=(
-            "Read interactions from this file instead of the registry's; the landing sensor "
-            "sets it. The file has the registry entry's format; items still come from the "
-            "registry. When unset, the newest file in the dataset's landing folder "
-            "(`LETTINGO_HOME/landing/{dataset}`) is read if there is one, else the registry's."
-        ),
-    )
-
-
-def _interactions_source(entry: DatasetEntry, config: InteractionsConfig) -> tuple[Path, str]:
-    """The file this run reads and where that choice came from."""
-    if config.source_file:
-        path = Path(config.source_file).expanduser()
-        if not path.is_file():
-            raise dg.Failure(
-                description=f"dataset {entry.name!r}: source_file not found: {path} "
-                "(set in the run config; the landing sensor sets it to a landed file, which "
-                "may have been moved or deleted since)"
-            )
-        return path, "run config"
-    landed = newest_landed_file(entry.name)
-    if landed is not None:
-        return landed, f"landing folder {landing_dir(entry.name)}"
-    return entry.interactions, f"registry {entry.source}"
-
-
-def _load_failure(exc: Exception) -> dg.Failure:
-    # Loader messages already name the file, the line and the problem.
+def _failure(exc: Exception) -> dg.Failure:
+    # Loader and file messages already name the file, the line and the problem.
     return dg.Failure(description=str(exc))
+
+
+def _interactions_metadata(
+    entry: DatasetEntry, load: InteractionsLoad, source: str, sha256: str, origin: str
+) -> dict[str, Any]:
+    from lettingo_dagster.data.formats import rating_scale
+
+    scale = rating_scale(entry.format)
+    first, last = (pd.Timestamp(t, unit="s") for t in (load.first_timestamp, load.last_timestamp))
+    return {
+        "dagster/row_count": load.rows,
+        "dagster/column_schema": _table_schema(INTERACTION_COLUMNS),
+        "users": load.users,
+        "items": load.items,
+        "rating_scale": f"{scale.min:g}..{scale.max:g} step {scale.step:g}",
+        "observed_ratings": f"{load.min_rating:g}..{load.max_rating:g}",
+        "time_range": f"{first} .. {last}",
+        "rating_histogram": dg.MetadataValue.md(markdown_preview(load.histogram, rows=50)),
+        "source_file": dg.MetadataValue.path(source),
+        "source_sha256": sha256,
+        "source_origin": origin,
+        "format": entry.format,
+        "ingest_seconds": round(load.seconds, 3),
+        "rows_per_second": round(load.rows / max(load.seconds, 1e-9)),
+        "preview": dg.MetadataValue.md(markdown_preview(load.preview)),
+    }
 
 
 @dataset_asset(
@@ -131,11 +93,14 @@ def _load_failure(exc: Exception) -> dg.Failure:
 def interactions(
     context: dg.AssetExecutionContext, config: InteractionsConfig, warehouse: Warehouse
 ) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult]:
-    from lettingo_dagster.data.formats import DataFormatError, load_interactions, rating_scale
+    from lettingo_dagster.data.formats import DataFormatError, rating_scale
 
     entry = get_dataset(context.partition_key)
-    source, origin = _interactions_source(entry, config)
-    _raw_files_ready(context, entry, interactions=source)
+    try:
+        source, origin = interactions_source(entry, config.source_file)
+        ensure_raw_files(entry, interactions=source, log=context.log.info)
+    except RawFileMissing as exc:
+        raise _failure(exc) from None
     sha256 = file_sha256(source)
     context.log.info(f"{entry.name}: reading {source} ({origin}; sha256 {sha256})")
     requested = context.run.tags.get("lettingo/sha256")
@@ -144,57 +109,18 @@ def interactions(
             f"{source} changed after the landing sensor saw it (sha256 {requested}); "
             "reading its current content, which gets a run of its own"
         )
-    started = time.perf_counter()
     with warehouse.get_connection() as con:
-        staging = "staging_interactions"
         try:
-            load_interactions(con, entry.format, source, table=staging, dataset=entry.name)
+            load = load_interactions_table(con, entry, source)
         except DataFormatError as exc:
-            raise _load_failure(exc) from None
-        try:
-            rows = replace_partition(con, "interactions", entry.name, staging, INTERACTION_COLUMNS)
-        finally:
-            con.execute(f"DROP TABLE IF EXISTS {staging}")
-        seconds = time.perf_counter() - started
-        stats = con.execute(
-            """
-            SELECT count(DISTINCT user_id), count(DISTINCT item_id), min(rating), max(rating),
-                   min("timestamp"), max("timestamp")
-            FROM interactions WHERE dataset = ?
-            """,
-            [entry.name],
-        ).fetchone()
-        histogram = con.execute(
-            "SELECT rating, count(*) AS n FROM interactions WHERE dataset = ? GROUP BY 1 ORDER BY 1",
-            [entry.name],
-        ).df()
-        preview = con.execute(
-            "SELECT * FROM interactions WHERE dataset = ? LIMIT 5", [entry.name]
-        ).df()
-        frame = interaction_frame(con, entry.name)
-    scale = rating_scale(entry.format)
-    context.log.info(f"{entry.name}: {rows:,} interactions loaded in {seconds:.1f} s")
+            raise _failure(exc) from None
+    context.log.info(f"{entry.name}: {load.rows:,} interactions loaded in {load.seconds:.1f} s")
     yield dg.MaterializeResult(
-        metadata={
-            "dagster/row_count": rows,
-            "dagster/column_schema": _table_schema(INTERACTION_COLUMNS),
-            "users": int(stats[0]),
-            "items": int(stats[1]),
-            "rating_scale": f"{scale.min:g}..{scale.max:g} step {scale.step:g}",
-            "observed_ratings": f"{stats[2]:g}..{stats[3]:g}",
-            "time_range": f"{pd.Timestamp(stats[4], unit='s')} .. {pd.Timestamp(stats[5], unit='s')}",
-            "rating_histogram": dg.MetadataValue.md(markdown_preview(histogram, rows=50)),
-            "source_file": dg.MetadataValue.path(str(source)),
-            "source_sha256": sha256,
-            "source_origin": origin,
-            "format": entry.format,
-            "ingest_seconds": round(seconds, 3),
-            "rows_per_second": round(rows / max(seconds, 1e-9)),
-            "preview": dg.MetadataValue.md(markdown_preview(preview)),
-        }
+        metadata=_interactions_metadata(entry, load, str(source), sha256, origin)
     )
+    scale = rating_scale(entry.format)
     yield from check_results(
-        validate_rules({"interactions": frame}, interaction_rules(scale.min, scale.max))
+        validate_rules({"interactions": load.frame}, interaction_rules(scale.min, scale.max))
     )
 
 
@@ -212,73 +138,33 @@ def interactions(
 def items(
     context: dg.AssetExecutionContext, warehouse: Warehouse
 ) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult]:
-    from lettingo_dagster.data.formats import DataFormatError, load_items
+    from lettingo_dagster.data.formats import DataFormatError
 
     entry = get_dataset(context.partition_key)
-    _raw_files_ready(context, entry)
+    try:
+        ensure_raw_files(entry, log=context.log.info)
+    except RawFileMissing as exc:
+        raise _failure(exc) from None
     started = time.perf_counter()
     with warehouse.get_connection() as con:
-        staging = "staging_items"
-        if entry.items is None:
-            con.execute(f"DROP TABLE IF EXISTS {staging}")
-            create_table_if_missing(con, staging, ITEM_COLUMNS)
-        else:
-            try:
-                load_items(con, entry.format, entry.items, table=staging, dataset=entry.name)
-            except DataFormatError as exc:
-                raise _load_failure(exc) from None
         try:
-            rows = replace_partition(con, "items", entry.name, staging, ITEM_COLUMNS)
-        finally:
-            con.execute(f"DROP TABLE IF EXISTS {staging}")
-        stats = con.execute(
-            """
-            SELECT count(*) FILTER (WHERE year IS NOT NULL),
-                   count(*) FILTER (WHERE genres <> ''),
-                   count(*) FILTER (WHERE description IS NOT NULL)
-            FROM items WHERE dataset = ?
-            """,
-            [entry.name],
-        ).fetchone()
-        genres = con.execute(
-            """
-            SELECT genre, count(*) AS items FROM
-                (SELECT unnest(string_split(genres, '|')) AS genre FROM items
-                 WHERE dataset = ? AND genres <> '')
-            GROUP BY genre ORDER BY items DESC, genre LIMIT 20
-            """,
-            [entry.name],
-        ).df()
-        preview = con.execute("SELECT * FROM items WHERE dataset = ? LIMIT 5", [entry.name]).df()
-        frame = item_frame(con, entry.name)
+            load = load_items_table(con, entry)
+        except DataFormatError as exc:
+            raise _failure(exc) from None
     yield dg.MaterializeResult(
         metadata={
-            "dagster/row_count": rows,
+            "dagster/row_count": load.rows,
             "dagster/column_schema": _table_schema(ITEM_COLUMNS),
-            "with_year": int(stats[0]),
-            "with_genres": int(stats[1]),
-            "with_description": int(stats[2]),
-            "top_genres": dg.MetadataValue.md(markdown_preview(genres, rows=20)),
+            "with_year": load.with_year,
+            "with_genres": load.with_genres,
+            "with_description": load.with_description,
+            "top_genres": dg.MetadataValue.md(markdown_preview(load.top_genres, rows=20)),
             "source": dg.MetadataValue.path(str(entry.items)) if entry.items else "none",
             "ingest_seconds": round(time.perf_counter() - started, 3),
-            "preview": dg.MetadataValue.md(markdown_preview(preview)),
+            "preview": dg.MetadataValue.md(markdown_preview(load.preview)),
         }
     )
-    yield from check_results(validate_rules({"items": frame}, item_rules()))
-
-
-def _label_distribution(samples: pd.DataFrame) -> pd.DataFrame:
-    table = (
-        samples.groupby(["split", "label"])
-        .size()
-        .unstack(fill_value=0)
-        .reindex(index=list(SPLITS), columns=list(LABELS), fill_value=0)
-    )
-    table["targets"] = table.sum(axis=1)
-    table["users"] = (
-        samples.groupby("split")["user_id"].nunique().reindex(list(SPLITS), fill_value=0)
-    )
-    return table.reset_index()
+    yield from check_results(validate_rules({"items": load.frame}, item_rules()))
 
 
 @dataset_asset(
@@ -330,7 +216,7 @@ def task_samples(
         "T_targets_per_user": str(task.targets_per_user),
         "N_negatives": task.negatives_per_target,
         "labels_per_split": dg.MetadataValue.md(
-            markdown_preview(_label_distribution(samples), rows=3)
+            markdown_preview(label_distribution(samples), rows=3)
         ),
         "build_seconds": round(seconds, 3),
         "preview": dg.MetadataValue.md(markdown_preview(samples)),
