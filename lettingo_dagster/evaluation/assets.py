@@ -1,8 +1,6 @@
 """Dagster assets of stage 2: the frozen recommender, the oracle study, and reward scores."""
 
-import json
 import time
-from collections import defaultdict
 from collections.abc import Iterator
 from typing import Any
 
@@ -11,14 +9,17 @@ import pandas as pd
 
 from lettingo_dagster.constants import GROUP_EVALUATION, POOL_WAREHOUSE
 from lettingo_dagster.dataset_assets import dataset_asset
-from lettingo_dagster.evaluation.examples import TargetExample, load_target_examples
-from lettingo_dagster.evaluation.recommender import (
-    RECOMMENDER_SPEC,
-    load_recommender,
-    offline_recommender,
+from lettingo_dagster.evaluation.examples import load_target_examples
+from lettingo_dagster.evaluation.frozen import (
+    calibration_candidates,
+    figures_table,
+    fit_offline,
+    write_llm_spec,
 )
+from lettingo_dagster.evaluation.recommender import offline_recommender
+from lettingo_dagster.evaluation.scoring import load_scoring_inputs, score_profiles
 from lettingo_dagster.folders import write_folder_atomically
-from lettingo_dagster.models.cache import ChunkProgress, ModelCallCache
+from lettingo_dagster.models.cache import ModelCallCache
 from lettingo_dagster.paths import model_cache_path, models_dir
 from lettingo_dagster.resources import MODEL_CALL_RETRY_POLICY, SettingsResource, Warehouse
 from lettingo_dagster.storage import (
@@ -93,15 +94,6 @@ def item_knowledge(
     )  # fmt: skip
 
 
-def _figures_table(figures: dict[str, float]) -> pd.DataFrame:
-    rows: dict[str, dict[str, float]] = defaultdict(dict)
-    for key, value in figures.items():
-        source, _, metric = key.partition("/")
-        if metric:
-            rows[source][metric] = round(float(value), 4)
-    return pd.DataFrame.from_dict(rows, orient="index").rename_axis("profile").reset_index()
-
-
 @dataset_asset(
     key="recommender",
     group_name=GROUP_EVALUATION,
@@ -128,51 +120,28 @@ def recommender(
     config = preset.recommender
     dataset = context.partition_key
     if config.kind == "llm":
-        folder = models_dir() / "recommender" / dataset / "llm"
-        folder.mkdir(parents=True, exist_ok=True)
-        spec = {"kind": "llm", "model": config.model.model_dump() if config.model else None,
-                "prompt_template": config.prompt_template}  # fmt: skip
-        (folder / RECOMMENDER_SPEC).write_text(json.dumps(spec, indent=1))
+        folder = write_llm_spec(preset, dataset)
         return dg.Output(str(folder), metadata={"kind": "llm", "task": config.task})
 
     with warehouse.get_connection() as con:
         require_partition(con, ("task_samples", "items", "sampled_profiles"), dataset)
         examples = load_target_examples(con, dataset, preset.task, ("calibration",))
-        candidates = con.execute(
-            """SELECT user_id, explorer, coalesce(style, CAST(sample_index AS VARCHAR)) AS slot,
-                      profile
-               FROM sampled_profiles WHERE dataset = ? AND split = 'calibration'""",
-            [dataset],
-        ).df()
+        candidates = calibration_candidates(con, dataset)
     if not examples:
         raise dg.Failure(description=f"{dataset}: no calibration users in task_samples")
-    by_user: dict[str, dict[str, str]] = defaultdict(dict)
-    for row in candidates.itertuples():
-        by_user[row.user_id][f"{row.explorer}/{row.slot}"] = row.profile
-    started = time.perf_counter()
-    model = offline_recommender(preset, item_knowledge)
-    figures = model.fit(examples, [by_user[e.user_id] for e in examples], (config.task,),
-                        holdout=False)  # fmt: skip
-    folder = models_dir() / "recommender" / dataset / model.fingerprint
-    if not (folder / RECOMMENDER_SPEC).is_file():
-        with write_folder_atomically(folder) as scratch:
-            model.save(scratch)
-            (scratch / RECOMMENDER_SPEC).write_text(
-                json.dumps({"kind": "offline", "figures": figures}, indent=1)
-            )
-    context.log.info(
-        f"recommender {model.fingerprint} fit in {time.perf_counter() - started:.0f} s"
-    )
+    fitted = fit_offline(preset, dataset, examples, candidates, item_knowledge)
+    context.log.info(f"recommender {fitted.fingerprint} fit in {fitted.seconds:.0f} s")
+    figures = fitted.figures
     return dg.Output(
-        str(folder),
+        str(fitted.folder),
         metadata={
-            "model_path": dg.MetadataValue.path(str(folder)),
+            "model_path": dg.MetadataValue.path(str(fitted.folder)),
             "kind": "offline",
             "task": config.task,
-            "fingerprint": model.fingerprint,
+            "fingerprint": fitted.fingerprint,
             "calibration_users": int(figures.get("fit_users", 0)),
             "calibration_figures": dg.MetadataValue.md(
-                markdown_preview(_figures_table(figures), rows=30)
+                markdown_preview(figures_table(figures), rows=30)
             ),
             "fit_seconds": round(figures.get("fit_seconds", 0.0), 1),
         },
@@ -241,13 +210,6 @@ def oracle_pivot(table: pd.DataFrame) -> pd.DataFrame:
     )
 
 
-def examples_by_user(examples: list[TargetExample]) -> dict[str, list[TargetExample]]:
-    grouped: dict[str, list[TargetExample]] = defaultdict(list)
-    for example in examples:
-        grouped[example.user_id].append(example)
-    return grouped
-
-
 @dataset_asset(
     key="reward_scores",
     group_name=GROUP_EVALUATION,
@@ -271,52 +233,32 @@ def reward_scores(
     recommender: str,
     base_generator: str,
 ) -> dg.MaterializeResult:
-    from lettingo_dagster.evaluation.rewards import (
-        REWARD_COLUMNS,
-        explorer_rewards,
-        no_profile_accuracy,
-        profile_rewards,
-        reliability_interval,
-    )
+    from lettingo_dagster.evaluation.rewards import REWARD_COLUMNS, explorer_rewards
 
     preset = settings.load()
     dataset = context.partition_key
-    task = preset.recommender.task
     with warehouse.get_connection() as con:
         require_partition(con, ("sampled_profiles", "task_samples", "items"), dataset)
-        profiles = con.execute("SELECT * FROM sampled_profiles WHERE dataset = ?", [dataset]).df()
-        examples = load_target_examples(
-            con, dataset, preset.task, tuple(sorted(set(profiles["split"])))
-        )
-    model = load_recommender(recommender, preset, base_generator)
-    cache = ModelCallCache(model_cache_path())
-
-    def progress(update: ChunkProgress) -> None:
-        context.log.info(f"reward scores: {update.done}/{update.total} (profile, target) pairs, "
-                         f"cache hits {update.stats.hits}")  # fmt: skip
-
-    started = time.perf_counter()
-    rewards, stats = profile_rewards(
-        model, task, profiles, examples_by_user(examples), cache,
-        chunk_size=preset.recommender.chunk_size, on_chunk=progress,
-        reward=preset.recommender.reward,
+        profiles, examples = load_scoring_inputs(con, dataset, preset)
+    run = score_profiles(
+        preset, profiles, examples, recommender_dir=recommender,
+        base_generator_dir=base_generator, cache=ModelCallCache(model_cache_path()),
+        log=context.log.info,
     )  # fmt: skip
-    baseline = no_profile_accuracy(model, task, examples, cache)
+    rewards, reliability = run.rewards, run.reliability
     with warehouse.get_connection() as con:
         count = replace_partition_from_frame(con, "reward_scores", dataset, rewards, REWARD_COLUMNS)
-    train = rewards[rewards["split"] == "train"]
-    reliability = reliability_interval(train if len(train) else rewards, seed=preset.report.seed)
     context.log.info(f"reward reliability (Spearman-Brown, train users): {reliability}")
     return dg.MaterializeResult(
         metadata={
             "dagster/row_count": count,
-            "task": task,
+            "task": preset.recommender.task,
             "reward": preset.recommender.reward,
-            "recommender": model.name,
+            "recommender": run.recommender,
             "reward_per_explorer": dg.MetadataValue.md(
                 markdown_preview(explorer_rewards(rewards).round(4).reset_index(), rows=50)
             ),
-            "no_profile_accuracy": round(baseline, 4),
+            "no_profile_accuracy": round(run.no_profile_accuracy, 4),
             "mean_binary_reward": round(float(rewards["binary_reward"].mean()), 4),
             # How much of the differences between one user's profiles is signal rather than
             # target noise (Spearman-Brown corrected split half, 95% interval over users).
@@ -324,9 +266,9 @@ def reward_scores(
                 {k: round(v, 4) for k, v in reliability.items()}
             ),
             "reward_reliability_estimate": round(reliability["estimate"], 4),
-            "scored_pairs": stats.hits + stats.misses,
-            "cache_hit_rate": round(stats.hit_rate, 3),
-            "seconds": round(time.perf_counter() - started, 1),
+            "scored_pairs": run.stats.hits + run.stats.misses,
+            "cache_hit_rate": round(run.stats.hit_rate, 3),
+            "seconds": round(time.perf_counter() - run.started, 1),
         }
     )
 
