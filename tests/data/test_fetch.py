@@ -1,11 +1,9 @@
 import hashlib
-import os
-import subprocess
-import sys
 import zipfile
 from pathlib import Path
 
 import pytest
+from dead_index import run_against_dead_index
 
 from lettingo_dagster import fetching
 from lettingo_dagster.data import fetch
@@ -77,20 +75,9 @@ def test_unknown_dataset() -> None:
 
 def test_unreachable_index_gives_a_clear_message(tmp_path: Path) -> None:
     """The real pip, pointed at a closed port on loopback with no other source."""
-    env = {
-        **os.environ,
-        "PIP_CONFIG_FILE": os.devnull,
-        "PIP_INDEX_URL": "http://127.0.0.1:9/simple",
-        "PIP_EXTRA_INDEX_URL": "",
-        "PIP_FIND_LINKS": "",
-        "PIP_NO_CACHE_DIR": "1",
-        "PIP_RETRIES": "0",
-        "LETTINGO_DATA": str(tmp_path / "cache"),
-    }
-    completed = subprocess.run(
-        [sys.executable, "-m", "lettingo_dagster.cli", "data", "fetch", "movielens-100k"],
-        capture_output=True, text=True, env=env, timeout=300, check=False,
-    )  # fmt: skip
+    completed = run_against_dead_index(
+        "data", "fetch", "movielens-100k", LETTINGO_DATA=str(tmp_path / "cache")
+    )
     assert completed.returncode == 1
     assert "could not download recbole==1.2.1 from the package index" in completed.stderr
     assert "Traceback" not in completed.stderr

