@@ -24,6 +24,7 @@ from lettingo_dagster.data.landing import (
     scan_landing,
 )
 from lettingo_dagster.data.run_config import InteractionsConfig
+from lettingo_dagster.data.sources import INTERACTIONS_FILE, SOURCE_KEYS, file_observation
 from lettingo_dagster.dataset_assets import dataset_partitions
 from lettingo_dagster.paths import lettingo_home
 
@@ -33,7 +34,7 @@ SHA256_TAG = "lettingo/sha256"
 retrain_job = dg.define_asset_job(
     name="lettingo_retrain",
     selection=dg.AssetSelection.assets("interactions").downstream()
-    | dg.AssetSelection.assets("items"),
+    | dg.AssetSelection.assets("items", *SOURCE_KEYS),
     partitions_def=dataset_partitions,
     description=(
         "Ingest a dataset's interactions (with the registry's items) and retrain everything "
@@ -88,6 +89,7 @@ def landing_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
     now = time.time()
     quiet = quiet_seconds()
     requests: list[dg.RunRequest] = []
+    observations: list[dg.AssetObservation] = []
     present: set[str] = set()
     waiting = 0
     for dataset in dataset_partitions.get_partition_keys():
@@ -102,6 +104,10 @@ def landing_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
             continue
         landed, sha = scan.to_ingest
         context.log.info(f"{dataset}: new landed file {landed.path} (sha256 {sha})")
+        # The UI marks `interactions` unsynced as soon as the file is seen, before its run.
+        observations.append(
+            file_observation(INTERACTIONS_FILE, dataset, landed.path, "landing sensor", sha)
+        )
         requests.append(
             dg.RunRequest(
                 run_key=f"{dataset}:{sha}",
@@ -113,7 +119,7 @@ def landing_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
     forget_missing_files(state, present)
     cursor = state.to_cursor()
     if requests:
-        return dg.SensorResult(run_requests=requests, cursor=cursor)
+        return dg.SensorResult(run_requests=requests, cursor=cursor, asset_events=observations)
     reason = "no new landed interaction files"
     if waiting:
         reason += f"; {waiting} file(s) not quiet for {quiet:g} s yet"

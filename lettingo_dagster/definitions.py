@@ -11,6 +11,7 @@ import dagster as dg
 from lettingo_dagster.alignment.assets import alignment_assets
 from lettingo_dagster.automation import automation_jobs, automation_sensors
 from lettingo_dagster.data.assets import data_assets
+from lettingo_dagster.data.sources import SOURCE_KEYS, source_assets
 from lettingo_dagster.dataset_assets import dataset_partitions
 from lettingo_dagster.deployment import executor_for_deployment
 from lettingo_dagster.evaluation.assets import evaluation_assets
@@ -20,18 +21,23 @@ from lettingo_dagster.resources import SettingsResource, Warehouse
 from lettingo_dagster.tracking import MlflowTracking
 
 all_assets = [
-    *data_assets, *exploration_assets, *evaluation_assets, *alignment_assets, *report_assets
+    *source_assets, *data_assets, *exploration_assets, *evaluation_assets, *alignment_assets,
+    *report_assets,
 ]  # fmt: skip
+# Jobs that read raw files observe them first (their sha256 is the start of every chain).
+sources = dg.AssetSelection.assets(*SOURCE_KEYS)
 
 pipeline_job = dg.define_asset_job(
     name="lettingo_pipeline",
-    selection=dg.AssetSelection.all(),
+    selection=dg.AssetSelection.all() | sources,
     partitions_def=dataset_partitions,
-    description="Materialize the whole LettinGo graph for one dataset partition.",
+    description=(
+        "Observe a dataset's raw files and materialize the whole LettinGo graph for its partition."
+    ),
 )
 data_job = dg.define_asset_job(
     name="ingest_data",
-    selection=dg.AssetSelection.groups("data"),
+    selection=dg.AssetSelection.groups("data") | sources,
     partitions_def=dataset_partitions,
     description="Load a dataset's raw files and rebuild its task samples, with their checks.",
 )

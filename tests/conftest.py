@@ -86,6 +86,7 @@ def pipeline_world(tmp_path_factory: pytest.TempPathFactory) -> PipelineWorld:
     import dagster as dg
     from synthetic import write_movielens_atomic
 
+    from lettingo_dagster.data.sources import SOURCE_KEYS
     from lettingo_dagster.definitions import all_assets, defs
     from lettingo_dagster.resources import SettingsResource, Warehouse
     from lettingo_dagster.tracking import MlflowTracking
@@ -100,10 +101,12 @@ def pipeline_world(tmp_path_factory: pytest.TempPathFactory) -> PipelineWorld:
         "warehouse": Warehouse(database=str(root / "warehouse.duckdb")),
         "mlflow": MlflowTracking(tracking_uri=mlflow_uri, artifact_root=str(root / "artifacts")),
     }
+    sources = dg.AssetSelection.assets(*SOURCE_KEYS)
     instance = dg.DagsterInstance.ephemeral()
     result = dg.materialize(
         all_assets,
-        selection=dg.AssetSelection.assets("preference_pairs").upstream(),
+        # The raw files are observed first, as the jobs do: every chain starts at a file's hash.
+        selection=dg.AssetSelection.assets("preference_pairs").upstream() | sources,
         partition_key="synthetic",
         instance=instance,
         resources=resources,

@@ -1,5 +1,5 @@
 """The shape of the Dagster definitions, pinned: every asset (group, kinds, pool, dependencies,
-partitions, code version), every asset check (asset, name, blocking), every job with its
+partitions, what its code version is derived from, whether it is a source), every asset check (asset, name, blocking), every job with its
 selection, every sensor, the pools and the resources, compared with
 `tests/snapshots/definitions.json`.
 
@@ -22,7 +22,7 @@ from typing import Any
 
 import dagster as dg
 
-from lettingo_dagster import constants
+from lettingo_dagster import constants, versioning
 from lettingo_dagster.dataset_assets import dataset_partitions
 from lettingo_dagster.definitions import defs
 
@@ -62,7 +62,8 @@ def describe(definitions: dg.Definitions) -> dict[str, Any]:
                 "pool": pools[0] if len(pools) == 1 else (pools or None),
                 "deps": sorted(parent.to_user_string() for parent in node.parent_keys),
                 "partitions": _partitions(node.partitions_def),
-                "code_version": node.code_version,
+                "code_version": _code_version(key.to_user_string(), node.code_version),
+                "source": node.is_external,
             }
         )
     checks = [
@@ -103,6 +104,15 @@ def describe(definitions: dg.Definitions) -> dict[str, Any]:
         "pools": sorted({pool for node in assets for pool in _as_list(node["pool"])}),
         "resources": sorted(definitions.resources or {}),
     }
+
+
+def _code_version(key: str, code_version: str | None) -> str | None:
+    # Code versions are hashes of the asset's logic and settings (lettingo_dagster.versioning),
+    # so they change with every edit; the snapshot pins what they are derived from.
+    if code_version is None:
+        return None
+    sections = versioning.SETTINGS_READ[key]
+    return "derived from its logic" + (f" and settings {', '.join(sections)}" if sections else "")
 
 
 def _as_list(pool: str | list[str] | None) -> list[str]:

@@ -82,6 +82,7 @@ def _interactions_metadata(
     group_name="data",
     kinds={"duckdb"},
     pool=POOL_WAREHOUSE,
+    deps=["interactions_file"],
     description=(
         "Every (user, item, rating, timestamp) of one dataset, loaded in the registry's format "
         "from the run config's source_file, else the newest file in the dataset's landing "
@@ -129,6 +130,7 @@ def interactions(
     group_name="data",
     kinds={"duckdb"},
     pool=POOL_WAREHOUSE,
+    deps=["items_file"],
     description=(
         "Item text normalized across formats: title, year, genres or categories, description. "
         "Empty for a dataset whose registry entry has no items file."
