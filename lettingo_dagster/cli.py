@@ -248,6 +248,61 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _dagster_instance_or_none() -> object | None:
+    """The persistent Dagster instance under LETTINGO_HOME when there is one (it adds the
+    Dagster run's status to a lineage); None otherwise."""
+    home = dagster_home()
+    if not (home / "dagster.yaml").is_file():
+        return None
+    import dagster as dg
+
+    try:
+        return dg.DagsterInstance.from_config(str(home))
+    except Exception:  # the lineage is in the registry's tags; the instance only adds to it
+        return None
+
+
+def _cmd_lineage(args: argparse.Namespace) -> int:
+    from lettingo_dagster.lineage import (
+        LineageError,
+        describe_version,
+        render_chain,
+        resolve_version,
+        versions_from_source,
+    )
+    from lettingo_dagster.tracking import MlflowTracking, registered_model_name
+
+    mlflow = MlflowTracking(tracking_uri=args.mlflow_uri) if args.mlflow_uri else MlflowTracking()
+    if args.source:
+        found = versions_from_source(mlflow, args.source)
+        if args.json:
+            print(json.dumps(found, indent=1))
+        for entry in [] if args.json else found:
+            print(
+                f"{entry['model']} v{entry['version']}: sha256 {entry['sha256']}, MLflow run "
+                f"{entry['mlflow_run_id']}, Dagster run {entry['dagster_run_id']}, "
+                f"registered {entry['created']}"
+            )
+        if not found:
+            print(f"no registered version was trained from a file with sha256 {args.source}",
+                  file=sys.stderr)  # fmt: skip
+        return 0 if found else 1
+    if not args.model:
+        print("error: give MODEL VERSION, MODEL --champion or --source SHA256", file=sys.stderr)
+        return 2
+    from lettingo_dagster.registry import load_registry
+
+    model = registered_model_name(args.model) if args.model in load_registry() else args.model
+    try:
+        version = resolve_version(mlflow, model, args.version, args.champion)
+        description = describe_version(mlflow, model, version, _dagster_instance_or_none())
+    except LineageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(description, indent=1) if args.json else render_chain(description))
+    return 0
+
+
 def _cmd_ui(args: argparse.Namespace) -> int:
     chosen = chosen_deployment()
     if chosen is None:
@@ -327,6 +382,33 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--dataset", action="append", help="dataset(s); default: every one")
     report.add_argument("--json", action="store_true", help="print report.json as it is")
     report.set_defaults(handler=_cmd_report)
+
+    lineage = commands.add_parser(
+        "lineage",
+        help="the chain behind a registered generator: runs, materializations, source file",
+        description=(
+            "Print the chain of a registered model version: its MLflow run, its Dagster run, and "
+            "the materializations of dpo_checkpoint, preference_pairs, reward_scores, "
+            "sampled_profiles, task_samples and interactions (data version, code version, run, "
+            "time, checks), ending with the interactions file's sha256. With --source, list the "
+            "registered versions trained from a file."
+        ),
+    )
+    lineage.add_argument(
+        "model", nargs="?", help="registered model name, or a dataset name for its generator"
+    )
+    lineage.add_argument("version", nargs="?", help="registered model version")
+    lineage.add_argument(
+        "--champion", action="store_true", help="the version the 'champion' alias points at"
+    )
+    lineage.add_argument(
+        "--source", metavar="SHA256", help="list the versions trained from this file (or prefix)"
+    )
+    lineage.add_argument("--json", action="store_true", help="print JSON")
+    lineage.add_argument(
+        "--mlflow-uri", help="MLflow tracking URI (default: the deployment's, as `lettingo run`)"
+    )
+    lineage.set_defaults(handler=_cmd_lineage)
 
     ui = commands.add_parser("ui", help="open the Dagster UI on the persistent instance")
     ui.add_argument("--preset", help="preset for this UI session (default: LETTINGO_PRESET)")
