@@ -16,11 +16,15 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
 from lettingo_dagster.settings import KnowledgeSettings, SplitSettings
+
+if TYPE_CHECKING:
+    from lettingo_dagster.evaluation.mentions import ProfileReader
 
 _SHRINK = 5.0  # pseudo-ratings at the global mean for an item's mean rating
 FILES = ("knowledge.npz", "knowledge.json")
@@ -198,6 +202,20 @@ def _unit(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-8)
 
 
+_READERS: dict[str, ProfileReader] = {}
+
+
+@dataclass(frozen=True)
+class KnowledgeContext:
+    """The knowledge block's profile-independent parts for one example and candidate list."""
+
+    candidate_ids: list[str]
+    cand: np.ndarray
+    stats: np.ndarray
+    recent_block: np.ndarray
+    oracle_blocks: list[np.ndarray]
+
+
 class KnowledgeFeatures:
     """The recommender's knowledge block: how each candidate relates, through item factors, to
     the recent window and to what the profile says (items named, genres liked or disliked, a
@@ -211,8 +229,16 @@ class KnowledgeFeatures:
 
         self.knowledge = knowledge
         self.oracle = oracle
-        genre_names = sorted({g for joined in knowledge.genres for g in joined.split("|") if g})
-        self.reader = ProfileReader(knowledge.item_ids, knowledge.titles, genre_names)
+        # One reader (and its cache of profiles read) per catalog in the process: the oracle
+        # study fits fifteen recommenders on the same profiles.
+        reader = _READERS.get(knowledge.fingerprint)
+        if reader is None:
+            genre_names = sorted({g for joined in knowledge.genres for g in joined.split("|") if g})
+            reader = ProfileReader(knowledge.item_ids, knowledge.titles, genre_names)
+            if len(_READERS) >= 4:
+                _READERS.pop(next(iter(_READERS)))
+            _READERS[knowledge.fingerprint] = reader
+        self.reader = reader
         self._genres = {i: set(g.split("|")) - {""} for i, g in zip(
             knowledge.item_ids, knowledge.genres, strict=True)}  # fmt: skip
 
@@ -258,28 +284,19 @@ class KnowledgeFeatures:
             out[:, 3] = (_unit(cand) @ _unit(vecs[positive]).T).max(axis=1)
         return out
 
-    def block(self, example, profile: str | None, candidates) -> np.ndarray:
+    def context(self, example, candidates) -> KnowledgeContext:
+        """The part of the block that does not depend on the profile."""
         candidate_ids = [c.item_id for c in candidates]
         cand = self.knowledge.vectors(candidate_ids)
-        stats = self.knowledge.item_stats(candidate_ids)
         recent = example.recent
         recent_block = self._window(
             cand, [i.item_id for i in recent], np.array([i.rating for i in recent], dtype=float)
         )
-        reading = self.reader.read(profile)
-        stated = 0.0 if reading.stated_mean is None else reading.stated_mean - 3.5
-        blocks = [
-            recent_block,
-            stats,
-            self._mentions(cand, reading.items),
-            self._genre_scores(candidate_ids, reading.genres),
-            np.column_stack([np.full(len(cand), stated), stated * stats[:, 1],
-                             np.full(len(cand), float(reading.stated_mean is not None))]),
-        ]  # fmt: skip
+        oracle_blocks: list[np.ndarray] = []
         if self.oracle:
             long = example.long_window
             ratings = np.array([i.rating for i in long], dtype=float)
-            blocks.append(self._window(cand, [i.item_id for i in long], ratings))
+            oracle_blocks.append(self._window(cand, [i.item_id for i in long], ratings))
             means: dict[str, list[float]] = {}
             for item in long:
                 for genre in item.genres:
@@ -290,5 +307,26 @@ class KnowledgeFeatures:
                 for g, r in means.items()
                 if len(r) >= 2
             }
-            blocks.append(self._genre_scores(candidate_ids, genre_polarity))
+            oracle_blocks.append(self._genre_scores(candidate_ids, genre_polarity))
+        return KnowledgeContext(
+            candidate_ids=candidate_ids,
+            cand=cand,
+            stats=self.knowledge.item_stats(candidate_ids),
+            recent_block=recent_block,
+            oracle_blocks=oracle_blocks,
+        )
+
+    def block(self, context: KnowledgeContext, profile: str | None) -> np.ndarray:
+        cand, stats = context.cand, context.stats
+        reading = self.reader.read(profile)
+        stated = 0.0 if reading.stated_mean is None else reading.stated_mean - 3.5
+        blocks = [
+            context.recent_block,
+            stats,
+            self._mentions(cand, reading.items),
+            self._genre_scores(context.candidate_ids, reading.genres),
+            np.column_stack([np.full(len(cand), stated), stated * stats[:, 1],
+                             np.full(len(cand), float(reading.stated_mean is not None))]),
+            *context.oracle_blocks,
+        ]  # fmt: skip
         return np.hstack(blocks)

@@ -81,8 +81,10 @@ class ProfileReader:
             g: re.compile(r"(?<![a-z])" + re.escape(g.lower()) + r"(?![a-z])") for g in self._genres
         }
         self.read = lru_cache(maxsize=200_000)(self._read)
+        # Writers repeat the same titles across users: a segment is matched once.
+        self._match = lru_cache(maxsize=200_000)(self._match_segment)
 
-    def _match(self, segment: str) -> str | None:
+    def _match_segment(self, segment: str) -> str | None:
         key = normalize_title(_STATED_RATING.sub("", segment))
         if len(key) < _MIN_TITLE_CHARS:
             return None

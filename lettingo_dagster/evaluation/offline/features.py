@@ -29,6 +29,7 @@ ceiling; otherwise the long window reaches the recommender only through a profil
 from __future__ import annotations
 
 import re
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
@@ -36,7 +37,7 @@ from typing import Literal
 import numpy as np
 
 from lettingo_dagster.evaluation.examples import ItemText, TargetExample, item_text
-from lettingo_dagster.evaluation.knowledge import KnowledgeFeatures
+from lettingo_dagster.evaluation.knowledge import KnowledgeContext, KnowledgeFeatures
 from lettingo_dagster.evaluation.offline.encoder import TextEncoder
 from lettingo_dagster.exploration.history import RatedItem
 
@@ -124,6 +125,21 @@ def _softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
     return e / e.sum(axis=axis, keepdims=True)
 
 
+# Examples whose profile-independent blocks are kept (about 30 KB each).
+_CONTEXT_CACHE_SIZE = 8192
+
+
+@dataclass
+class _Context:
+    """What the features of one example and candidate list share across profiles."""
+
+    example: TargetExample  # held so that its id cannot be reused while cached
+    cand_vecs: np.ndarray
+    before: np.ndarray  # recent-window statistics and relations, the candidates' own features
+    after: np.ndarray | None  # the oracle's long-window blocks, item statistics
+    knowledge: KnowledgeContext | None
+
+
 class _Featurizer:
     def __init__(
         self,
@@ -134,10 +150,21 @@ class _Featurizer:
     ) -> None:
         self.encoder = encoder
         self.config = config
-        self.space = space
         self.knowledge = knowledge
         self._anchors: np.ndarray | None = None
         self._stats: dict[str, np.ndarray] = {}
+        self._contexts: OrderedDict[tuple[int, tuple[str, ...]], _Context] = OrderedDict()
+        self.space = space
+
+    @property
+    def space(self) -> _Space | None:
+        return self._space
+
+    @space.setter
+    def space(self, space: _Space | None) -> None:
+        # Every cached context was computed in the old space.
+        self._space = space
+        self._contexts.clear()
 
     # embeddings
     def item_vectors(self, items: Sequence[ItemText | RatedItem]) -> np.ndarray:
@@ -334,25 +361,49 @@ class _Featurizer:
             ]
         )
 
+    def _context(self, example: TargetExample, candidates: Sequence[ItemText]) -> _Context:
+        """The blocks that do not depend on the profile, computed once per example and
+        candidate list: fitting and scoring read each example with many profiles in turn."""
+        key = (id(example), tuple(c.item_id for c in candidates))
+        cached = self._contexts.get(key)
+        if cached is not None and cached.example is example:
+            self._contexts.move_to_end(key)
+            return cached
+        cand_vecs = self.item_vectors(candidates)
+        n = len(candidates)
+        before = [
+            np.repeat(self._user_stats(example.recent)[None, :], n, axis=0),
+            self._window_block(cand_vecs, candidates, example.recent),
+            self._item_block(cand_vecs, candidates),
+        ]
+        after = []
+        if self.config.oracle_long_window:
+            after.append(np.repeat(self._user_stats(example.long_window)[None, :], n, axis=0))
+            after.append(self._window_block(cand_vecs, candidates, example.long_window))
+        if self.config.use_item_stats:
+            after.append(self._item_stats(candidates))
+        context = _Context(
+            example=example,
+            cand_vecs=cand_vecs,
+            before=np.hstack(before),
+            after=np.hstack(after) if after else None,
+            knowledge=self.knowledge.context(example, candidates) if self.knowledge else None,
+        )
+        self._contexts[key] = context
+        if len(self._contexts) > _CONTEXT_CACHE_SIZE:
+            self._contexts.popitem(last=False)
+        return context
+
     def features(
         self, example: TargetExample, profile: str | None, candidates: Sequence[ItemText]
     ) -> np.ndarray:
         """(len(candidates), n_features) for one example, profile and candidate list."""
-        cand_vecs = self.item_vectors(candidates)
-        n = len(candidates)
-        blocks = [
-            np.repeat(self._user_stats(example.recent)[None, :], n, axis=0),
-            self._window_block(cand_vecs, candidates, example.recent),
-            self._item_block(cand_vecs, candidates),
-            self._profile_block(cand_vecs, profile),
-        ]
-        if self.config.oracle_long_window:
-            blocks.append(np.repeat(self._user_stats(example.long_window)[None, :], n, axis=0))
-            blocks.append(self._window_block(cand_vecs, candidates, example.long_window))
-        if self.config.use_item_stats:
-            blocks.append(self._item_stats(candidates))
-        if self.knowledge is not None:
-            blocks.append(self.knowledge.block(example, profile, candidates))
+        context = self._context(example, candidates)
+        blocks = [context.before, self._profile_block(context.cand_vecs, profile)]
+        if context.after is not None:
+            blocks.append(context.after)
+        if context.knowledge is not None:
+            blocks.append(self.knowledge.block(context.knowledge, profile))
         return np.hstack(blocks).astype(np.float32)
 
     def prefetch(self, examples: Sequence[TargetExample], profiles: Sequence[str | None]) -> None:
