@@ -154,7 +154,7 @@ class BaseGeneratorSettings(_Section):
         1024, ge=64, le=32768, description="Longest prompt plus profile, in tokens."
     )
     epochs: float = Field(
-        8, gt=0, le=100, description="Pretraining epochs over the writer profiles."
+        6, gt=0, le=100, description="Pretraining epochs over the writer profiles."
     )
     learning_rate: float = Field(3e-3, gt=0, le=1, description="Peak AdamW learning rate.")
     batch_size: int = Field(6, ge=1, le=1024, description="Examples per optimizer step.")
@@ -362,7 +362,7 @@ class OracleSettings(_Section):
         default_factory=lambda: ["ranking"],
         description="Tasks compared (the preset's recommender.task is always included).",
     )
-    n_folds: int = Field(5, ge=2, le=20, description="Cross-fitting folds over users.")
+    n_folds: int = Field(3, ge=2, le=20, description="Cross-fitting folds over users.")
 
 
 class PairSettings(_Section):
@@ -447,7 +447,7 @@ class DpoSettings(_Section):
         640, ge=1, description="Train on at most this many pairs (seeded sample; null: all)."
     )
     heldout_pairs: int = Field(
-        192,
+        128,
         ge=1,
         description="Calibration users' pairs (at most this many) that measure held-out "
         "preference accuracy.",
