@@ -10,13 +10,14 @@ On CALIBRATION users only (choices are never made on test users), for each task 
 - `none_only_fit`: a recommender fit without any profile, scored without one (a control: does
   fitting on profiles cost the no-profile prediction anything?).
 
-Protocol: cross-fitting over users. Calibration users are split into `n_folds` folds (default 5)
+Protocol: cross-fitting over users. Calibration users are split into `n_folds` folds (default 3)
 by a seeded hash of the user id; for each fold a recommender is fit on the other folds (each example paired
 with every writer profile, the raw long window text and no profile, as the production
 recommender is) and predicts the held-out fold, so every user gets out-of-fold predictions and
-the whole calibration set is evaluated. Five folds fit each recommender on 80% of the users,
-close to the production recommender fit on all of them; two folds (half the users) under-train
-the heads and give noisier, larger-looking differences. Metrics are over all T targets of every user; intervals
+the whole calibration set is evaluated. Three folds fit each recommender on two thirds of the
+users, five on 80% (closer to the production recommender fit on all of them, for two more fits
+each); two folds (half the users) under-train the heads and give noisier, larger-looking
+differences. Metrics are over all T targets of every user; intervals
 are 95% percentile bootstraps over users, and each condition's paired difference against `none`
 resamples the same users in both arms.
 
