@@ -18,6 +18,7 @@ from lettingo_dagster.alignment.pairs import (
 from lettingo_dagster.alignment.policy import policy_folder, policy_prompts
 from lettingo_dagster.alignment.registration import (
     DpoOutcome,
+    DpoRequest,
     DpoTrainingFailed,
     TrainerFailed,
     reload_and_generate,
@@ -228,9 +229,11 @@ def dpo_checkpoint(
         raise dg.Failure(description=f"{dataset}: preference_pairs has no training pairs")
     try:
         outcome = run_and_register(
-            preset, dpo, dataset=dataset, policy=policy, train=train, heldout=heldout,
-            tracker=mlflow, launch=_pipes_launch(context, pipes_subprocess_client),
-            dagster_run_id=context.run.run_id, log=context.log.info,
+            DpoRequest(
+                preset, dpo, dataset, policy, train, heldout, tracker=mlflow,
+                launch=_pipes_launch(context, pipes_subprocess_client),
+                dagster_run_id=context.run.run_id, log=context.log.info,
+            )
         )  # fmt: skip
     except DpoTrainingFailed as exc:
         raise dg.Failure(

@@ -129,72 +129,61 @@ class DpoOutcome:
     report: TrainingReport
 
 
-def run_and_register(
-    preset: Preset,
-    dpo: DpoSettings,
-    *,
-    dataset: str,
-    policy: str,
-    train: pd.DataFrame,
-    heldout: pd.DataFrame,
-    tracker: MlflowTracking,
-    launch: Launch,
-    dagster_run_id: str,
-    log: Callable[[str], None] = print,
-) -> DpoOutcome:
-    """Train `policy` on the pairs (unless this very checkpoint is already registered) and
+@dataclass(frozen=True)
+class DpoRequest:
+    """One training: the policy, the pairs, and where the run is tracked and launched."""
+
+    preset: Preset
+    dpo: DpoSettings  # the preset's dpo section with the run's overrides
+    dataset: str
+    policy: str  # the model folder to train
+    train: pd.DataFrame
+    heldout: pd.DataFrame
+    tracker: MlflowTracking
+    launch: Launch
+    dagster_run_id: str
+    log: Callable[[str], None] = print
+
+
+def run_and_register(request: DpoRequest) -> DpoOutcome:
+    """Train the policy on the pairs (unless this very checkpoint is already registered) and
     register it; the folder is `models/dpo/{dataset}/{version}`."""
     from lettingo_dagster.alignment.dpo import read_report
 
-    version = checkpoint_version(policy, dpo, train, heldout)
-    out = models_dir() / "dpo" / dataset / version
+    version = checkpoint_version(request.policy, request.dpo, request.train, request.heldout)
+    out = models_dir() / "dpo" / request.dataset / version
     registration_file = out / REGISTRATION_FILE
-    name = registered_model_name(dataset)
+    name = registered_model_name(request.dataset)
     if read_report(out) is not None and registration_file.is_file():
         registration = json.loads(registration_file.read_text())
-        log(
+        request.log(
             f"DPO checkpoint {version} already trained and registered as {name} "
             f"v{registration['version']}; reusing it"
         )
     else:
-        registration = _train_and_register(
-            preset, dpo, dataset=dataset, policy=policy, train=train, heldout=heldout,
-            out=out, version=version, tracker=tracker, launch=launch,
-            dagster_run_id=dagster_run_id, log=log,
-        )  # fmt: skip
+        registration = _train_and_register(request, out, version)
     report = read_report(out)
     assert report is not None
     return DpoOutcome(version, out, name, registration, report)
 
 
-def _train_and_register(
-    preset: Preset,
-    dpo: DpoSettings,
-    *,
-    dataset: str,
-    policy: str,
-    train: pd.DataFrame,
-    heldout: pd.DataFrame,
-    out: Path,
-    version: str,
-    tracker: MlflowTracking,
-    launch: Launch,
-    dagster_run_id: str,
-    log: Callable[[str], None],
-) -> dict[str, Any]:
+def _train_and_register(request: DpoRequest, out: Path, version: str) -> dict[str, Any]:
     from lettingo_dagster.alignment.dpo import write_pair_file
 
+    dataset, tracker, train, heldout = (
+        request.dataset, request.tracker, request.train, request.heldout
+    )  # fmt: skip
     out.mkdir(parents=True, exist_ok=True)
-    write_pair_file(train, policy, out / "pairs_train.parquet")
-    write_pair_file(heldout, policy, out / "pairs_heldout.parquet")
+    write_pair_file(train, request.policy, out / "pairs_train.parquet")
+    write_pair_file(heldout, request.policy, out / "pairs_heldout.parquet")
     run_file = out / "mlflow_run.json"
     resumed_run = json.loads(run_file.read_text())["run_id"] if run_file.is_file() else None
     tags = {
-        "dagster.run_id": dagster_run_id,
+        "dagster.run_id": request.dagster_run_id,
         "dagster.asset_key": "dpo_checkpoint",
         "dagster.partition": dataset,
         "dagster.code_version": "1",
-        "lettingo.preset": preset.name,
+        "lettingo.preset": request.preset.name,
         "lettingo.checkpoint_version": version,
     }
     with tracker.start_run(
@@ -203,25 +192,25 @@ def _train_and_register(
         run_id = run.info.run_id
         run_file.write_text(json.dumps({"run_id": run_id}))
         if resumed_run:
-            log(f"resuming MLflow run {run_id} of an interrupted training")
-            tracker.client().set_tag(run_id, "dagster.resumed_by_run_id", dagster_run_id)
+            request.log(f"resuming MLflow run {run_id} of an interrupted training")
+            tracker.client().set_tag(run_id, "dagster.resumed_by_run_id", request.dagster_run_id)
         tracker.log_params(
             run_id,
             {
-                "dpo": dpo.model_dump(),
-                "policy": dpo.policy,
-                "policy_path": policy,
+                "dpo": request.dpo.model_dump(),
+                "policy": request.dpo.policy,
+                "policy_path": request.policy,
                 "train_pairs": len(train),
                 "heldout_pairs": len(heldout),
-                "preset": preset.name,
+                "preset": request.preset.name,
             },
         )
-        reported = _train(preset, dpo, policy, train, heldout, out, tracker, run_id, launch, log)
+        reported = _train(request, out, run_id)
         report = _log_training(tracker, run_id, out, train, heldout)
         name = registered_model_name(dataset)
         model_version = tracker.register(
             name, run, "model",
-            tags={"dagster.run_id": dagster_run_id, "dataset": dataset,
+            tags={"dagster.run_id": request.dagster_run_id, "dataset": dataset,
                   # heldout_profiles samples the champion from here on later runs.
                   "lettingo.model_dir": report.model_dir},
         )  # fmt: skip
@@ -236,38 +225,28 @@ def _train_and_register(
         return registration
 
 
-def _train(
-    preset: Preset,
-    dpo: DpoSettings,
-    policy: str,
-    train: pd.DataFrame,
-    heldout: pd.DataFrame,
-    out: Path,
-    tracker: MlflowTracking,
-    run_id: str,
-    launch: Launch,
-    log: Callable[[str], None],
-) -> Mapping[str, Any]:
+def _train(request: DpoRequest, out: Path, run_id: str) -> Mapping[str, Any]:
     """Write the job file and run the trainer; returns what it reported."""
     from lettingo_dagster.alignment.dpo import DpoJob
     from lettingo_dagster.alignment.train import FAILURE_FILE
 
+    preset, dpo = request.preset, request.dpo
     threads = max(1, preset.compute.torch_threads // dpo.processes)
     job = DpoJob(
-        policy_path=policy,
+        policy_path=request.policy,
         train_pairs=str(out / "pairs_train.parquet"),
         heldout_pairs=str(out / "pairs_heldout.parquet"),
         output_dir=str(out),
         settings=dpo.model_dump(),
         torch_threads=threads,
         device=preset.compute.device,
-        mlflow_tracking_uri=tracker.tracking_uri,
+        mlflow_tracking_uri=request.tracker.tracking_uri,
         mlflow_run_id=run_id,
     )
     job_file = job.write(out / "job.json")
-    log(
-        f"DPO on {len(train)} pairs ({len(heldout)} held out) with {dpo.processes} "
-        f"process(es): {' '.join(launch_command(job_file, dpo.processes))}"
+    request.log(
+        f"DPO on {len(request.train)} pairs ({len(request.heldout)} held out) with "
+        f"{dpo.processes} process(es): {' '.join(launch_command(job_file, dpo.processes))}"
     )
     env = {
         "OMP_NUM_THREADS": str(threads),
@@ -277,7 +256,7 @@ def _train(
         "TQDM_DISABLE": "1",
     }
     try:
-        return launch(launch_command(job_file, dpo.processes), env)
+        return request.launch(launch_command(job_file, dpo.processes), env)
     except TrainerFailed as exc:
         failure = out / FAILURE_FILE
         reason = json.loads(failure.read_text())["message"] if failure.is_file() else str(exc)

@@ -16,6 +16,7 @@ from lettingo_dagster.models.cache import ModelCallCache
 from lettingo_dagster.paths import model_cache_path
 from lettingo_dagster.report.build import (
     REPORT_TABLES,
+    ReportModels,
     ReportOutcome,
     build_report,
     champion_model_dir,
@@ -222,11 +223,8 @@ def evaluation_report(
         inputs = load_report_inputs(con, dataset, preset)
     if not inputs.test_examples:
         raise dg.Failure(description=f"{dataset}: no test users in task_samples")
-    outcome = build_report(
-        preset, dataset, inputs, recommender_dir=recommender, base_generator_dir=base_generator,
-        knowledge_dir=item_knowledge, dpo_checkpoint=dpo_checkpoint, registry=mlflow,
-        log=context.log.info,
-    )  # fmt: skip
+    models = ReportModels(recommender, base_generator, item_knowledge, dpo_checkpoint)
+    outcome = build_report(preset, dataset, inputs, models, mlflow, log=context.log.info)
     metric = preset.report.headline_metric
     yield dg.MaterializeResult(
         metadata=_report_metadata(outcome, metric, time.perf_counter() - started)

@@ -146,18 +146,23 @@ class ReportFigures:
     matrices: dict[str, pd.DataFrame]
 
 
+@dataclass(frozen=True)
+class ReportModels:
+    """The folders the report reads: the frozen recommender, the base generator, the item
+    knowledge and the DPO checkpoint."""
+
+    recommender_dir: str
+    base_generator_dir: str
+    knowledge_dir: str
+    dpo_checkpoint: str
+
+
 def compute_figures(
-    preset: Preset,
-    dataset: str,
-    inputs: ReportInputs,
-    *,
-    recommender_dir: str,
-    base_generator_dir: str,
-    knowledge_dir: str,
+    preset: Preset, dataset: str, inputs: ReportInputs, models: ReportModels
 ) -> ReportFigures:
-    task = preset.recommender.task
+    task, knowledge_dir = preset.recommender.task, models.knowledge_dir
     test_examples = inputs.test_examples
-    model = load_recommender(recommender_dir, preset, base_generator_dir)
+    model = load_recommender(models.recommender_dir, preset, models.base_generator_dir)
     oracle = None
     if preset.recommender.kind == "offline":
         # The ceiling: the long window given to the recommender directly as features, fit on
@@ -362,11 +367,7 @@ def build_report(
     preset: Preset,
     dataset: str,
     inputs: ReportInputs,
-    *,
-    recommender_dir: str,
-    base_generator_dir: str,
-    knowledge_dir: str,
-    dpo_checkpoint: str,
+    models: ReportModels,
     registry: ReportRegistry,
     log: Callable[[str], None] = print,
 ) -> ReportOutcome:
@@ -374,10 +375,8 @@ def build_report(
     figures and files logged to the DPO run."""
     from lettingo_dagster.report.plots import write_plots
 
-    figures = compute_figures(
-        preset, dataset, inputs, recommender_dir=recommender_dir,
-        base_generator_dir=base_generator_dir, knowledge_dir=knowledge_dir,
-    )  # fmt: skip
+    figures = compute_figures(preset, dataset, inputs, models)
+    dpo_checkpoint = models.dpo_checkpoint
     folder = reports_dir(dataset)
     with write_folder_atomically(folder) as scratch:
         plots = write_plots(
