@@ -66,7 +66,8 @@ def _stamped(result: Any, key: str, context: Any, kwargs: dict[str, Any]) -> Any
     if not isinstance(result, dg.MaterializeResult | dg.Output) or result.data_version is not None:
         return result
     version, source = data_version_for(key, result, context.partition_key, kwargs.get("warehouse"))
-    metadata = {**(result.metadata or {}), DATA_VERSION_SOURCE_KEY: source}
+    # Also as metadata, so an asset's overview shows it beside its code version.
+    metadata = {**(result.metadata or {}), "data_version": version, DATA_VERSION_SOURCE_KEY: source}
     if isinstance(result, dg.Output):
         return dg.Output(
             result.value,

@@ -8,7 +8,9 @@ and drives headless Chromium with Playwright:
 - the global asset graph (`/asset-groups`, every group expanded) shows every asset;
 - the `evaluation_report` page (`/assets/evaluation_report`) shows the report's table, the
   Markdown table of its latest materialization's metadata rendered as an HTML table (inline, or
-  in the "[Show Markdown]" dialog that the UI uses for long Markdown values).
+  in the "[Show Markdown]" dialog that the UI uses for long Markdown values);
+- the `preference_pairs` page shows its code version (derived from its logic and settings) and
+  its latest materialization's data version (the hash of its rows), as the instance has them.
 
 It uses the system's Chromium (`chromium` on PATH, or LETTINGO_CHROMIUM=/path/to/chromium),
 never a browser that Playwright downloads, and is skipped when none is found. Screenshots go to
@@ -52,6 +54,8 @@ REQUIRED_ASSETS = (
     "evaluation_report",
 )
 REPORT_ASSET = "evaluation_report"
+# An asset whose page must show its data version and code version (the audit trail).
+VERSIONED_ASSET = "preference_pairs"
 SERVER_START_TIMEOUT_S = 180
 UI_LOAD_TIMEOUT_MS = 90_000  # the first page waits for the code location to load
 
@@ -137,6 +141,52 @@ def report_table_headers(dagster_home: Path, asset: str = REPORT_ASSET) -> list[
             if header:
                 headers.append(header)
     return headers
+
+
+def asset_versions(dagster_home: Path, asset: str) -> tuple[str | None, str | None]:
+    """The data version and code version of the asset's latest materialization."""
+    import dagster as dg
+
+    with dg.DagsterInstance.from_config(str(dagster_home)) as instance:
+        event = instance.get_latest_materialization_event(dg.AssetKey(asset))
+    if event is None or event.asset_materialization is None:
+        return None, None
+    tags = event.asset_materialization.tags or {}
+    return tags.get("dagster/data_version"), tags.get("dagster/code_version")
+
+
+def _show_versions(page, url: str, data_version: str, code_version: str, shots: Path) -> list[str]:
+    """An asset's overview shows its code version ("Compute details") and its latest data
+    version (metadata); the event's own tags ("Show tags" in Events) hold both too. Returns what
+    was not shown, and saves a screenshot of each page."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    def shown(text: str) -> bool:
+        try:
+            page.get_by_text(text).first.wait_for(state="visible", timeout=20_000)
+        except PlaywrightTimeout:
+            return False
+        return True
+
+    missing = []
+    page.goto(url)
+    page.get_by_text("Definition", exact=True).first.wait_for(timeout=60_000)
+    page.get_by_text("Compute details", exact=True).first.click()
+    if not shown(code_version):
+        missing.append(f"code version {code_version} (overview)")
+    if not shown(data_version):
+        missing.append(f"data version {data_version} (overview)")
+    page.screenshot(path=shots / "asset_versions.png", full_page=True)
+    page.goto(url + "?view=events")
+    page.get_by_text(re.compile(r"^Show tags \(\d+\)$")).first.click()
+    for name, value in (("data_version", data_version), ("code_version", code_version)):
+        row = page.locator("tr", has=page.get_by_text(name, exact=True)).filter(has_text=value)
+        try:
+            row.first.wait_for(state="visible", timeout=20_000)
+        except PlaywrightTimeout:
+            missing.append(f"{name} {value} (the event's tags)")
+    page.screenshot(path=shots / "asset_event_versions.png", full_page=True)
+    return missing
 
 
 def _free_port() -> int:
@@ -376,6 +426,17 @@ def test_ui_shows_asset_graph_and_report(
                     problems.append(f"no rendered plot image on /assets/{REPORT_ASSET}")
                 else:
                     saved.append(shots / "report_plot.png")
+                # An asset's page shows its code version and its data version.
+                data_version, code_version = asset_versions(home / "dagster", VERSIONED_ASSET)
+                if not data_version or not code_version:
+                    problems.append(f"{VERSIONED_ASSET} has no data or code version")
+                else:
+                    url = f"{server.url}/assets/{VERSIONED_ASSET}"
+                    missing = _show_versions(page, url, data_version, code_version, shots)
+                    print(f"/assets/{VERSIONED_ASSET}: data version {data_version}, code "
+                          f"version {code_version}, not shown: {missing or 'none'}")  # fmt: skip
+                    problems.extend(f"/assets/{VERSIONED_ASSET} shows no {m}" for m in missing)
+                    saved.extend([shots / "asset_versions.png", shots / "asset_event_versions.png"])
             finally:
                 browser.close()
     finally:
