@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 from lettingo_dagster.folders import write_folder_atomically
+from lettingo_dagster.models.determinism import deterministic_torch
 
 if TYPE_CHECKING:  # torch, transformers and trl load lazily: importing stays fast
     from transformers import PreTrainedTokenizerBase, TrainerCallback
@@ -245,8 +246,20 @@ def train_dpo(
     """Train, resuming from the newest checkpoint in the job's folder; save and report.
 
     Runs the same in one process and under torchrun (transformers reads RANK / WORLD_SIZE and
-    sets up gloo on CPU or NCCL on GPU); only rank 0 writes the model and the report.
+    sets up gloo on CPU or NCCL on GPU); only rank 0 writes the model and the report. Kernels
+    are deterministic, so a rerun of the same job gives the same model.
     """
+    with deterministic_torch():
+        return _train(job, callbacks=callbacks, on_metrics=on_metrics, log=log)
+
+
+def _train(
+    job: DpoJob,
+    *,
+    callbacks: Sequence[TrainerCallback],
+    on_metrics: Callable[[int, dict[str, float]], None] | None,
+    log: Callable[[str], None],
+) -> TrainingReport:
     import pyarrow.parquet as pq
     import torch
     from datasets import Dataset

@@ -28,6 +28,7 @@ from lettingo_dagster.exploration.history import UserHistory
 from lettingo_dagster.exploration.prompts import PromptTemplate, sanitize_field
 from lettingo_dagster.exploration.writers import write_profiles
 from lettingo_dagster.models.base import ChatPrompt, Decoding
+from lettingo_dagster.models.determinism import deterministic_torch
 from lettingo_dagster.settings import BaseGeneratorSettings
 
 if TYPE_CHECKING:  # torch and transformers load lazily: importing stays fast
@@ -378,6 +379,8 @@ def pretrain(
     use_bf16 = _native_bf16(target) if bf16 is None else bf16
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(torch_threads)  # oversubscribed cores are several times slower
+    restore = contextlib.ExitStack()
+    restore.enter_context(deterministic_torch())  # the same weights on every rerun
     try:
         tokenizer = train_tokenizer(_tokenizer_texts(examples), settings.vocab_size)
         encoded = [encode_example(tokenizer, prompt, profile) for prompt, profile, _ in examples]
@@ -486,6 +489,7 @@ def pretrain(
         return report
     finally:
         torch.set_num_threads(previous_threads)
+        restore.close()
 
 
 def sample_examples(

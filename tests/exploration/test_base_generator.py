@@ -173,3 +173,23 @@ def test_pretrain_with_nothing_that_fits_fails_clearly(tmp_path: Path, template)
     settings = BaseGeneratorSettings(**{**TINY, "max_positions": 64})
     with pytest.raises(ValueError, match="max_positions=64"):
         bg.pretrain(examples, settings, tmp_path, log=lambda _: None)
+
+
+def test_pretraining_twice_gives_the_same_weights(tmp_path: Path, template):
+    """Two threads accumulate some gradients in a timing-dependent order unless the kernels are
+    deterministic; a rerun must give the same model (the audit trail relies on it)."""
+    import torch
+
+    # The default generator's width: small models accumulate too few terms to show the race.
+    examples = bg.training_examples(genre_lover_histories(16, 30, seed=4), template)
+    settings = BaseGeneratorSettings(
+        **{**TINY, "hidden_size": 128, "num_layers": 2, "num_heads": 8, "intermediate_size": 384,
+           "vocab_size": 1000, "epochs": 1, "batch_size": 6}
+    )  # fmt: skip
+    before = torch.are_deterministic_algorithms_enabled()
+    weights = []
+    for run in range(2):
+        bg.pretrain(examples, settings, tmp_path / str(run), torch_threads=2, log=lambda _: None)
+        weights.append((tmp_path / str(run) / "model.safetensors").read_bytes())
+    assert weights[0] == weights[1]
+    assert torch.are_deterministic_algorithms_enabled() == before
