@@ -216,10 +216,6 @@ def tag_registered_version(
     tags = links_to_tags([own, *upstream], dataset)
     for key, value in tags.items():
         mlflow.set_version_tag(name, version, key, value)
-    # The training run states the code version that made it, as the Dagster asset has it.
-    run_id = mlflow.client().get_model_version(name, version).run_id
-    if run_id and own.code_version:
-        mlflow.client().set_tag(run_id, "dagster.code_version", own.code_version)
     source = next((x.sha256 for x in upstream if x.asset == "interactions_file"), None)
     context.log.info(f"{name} v{version}: lineage written to its tags (source sha256 {source})")
 

@@ -233,6 +233,7 @@ def dpo_checkpoint(
                 preset, dpo, dataset, policy, train, heldout, tracker=mlflow,
                 launch=_pipes_launch(context, pipes_subprocess_client),
                 dagster_run_id=context.run.run_id, log=context.log.info,
+                code_version=context.assets_def.code_versions_by_key[context.asset_key] or "",
             )
         )  # fmt: skip
     except DpoTrainingFailed as exc:

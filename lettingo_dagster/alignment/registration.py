@@ -143,6 +143,7 @@ class DpoRequest:
     launch: Launch
     dagster_run_id: str
     log: Callable[[str], None] = print
+    code_version: str = ""  # the asset's, derived from its logic and settings (versioning)
 
 
 def run_and_register(request: DpoRequest) -> DpoOutcome:
@@ -182,7 +183,7 @@ def _train_and_register(request: DpoRequest, out: Path, version: str) -> dict[st
         "dagster.run_id": request.dagster_run_id,
         "dagster.asset_key": "dpo_checkpoint",
         "dagster.partition": dataset,
-        "dagster.code_version": "1",
+        "dagster.code_version": request.code_version,
         "lettingo.preset": request.preset.name,
         "lettingo.checkpoint_version": version,
     }
