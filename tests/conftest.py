@@ -57,6 +57,10 @@ def fresh_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return home
 
 
+# The pipeline world's dataset: its raw files are seeded, so writing them again gives the same bytes.
+WORLD_FILES = {"users": 90, "items": 160, "min_ratings": 20, "max_ratings": 70, "seed": 5}
+
+
 @dataclass
 class PipelineWorld:
     """The ci graph materialized through preference_pairs once per session, on a dataset the
@@ -67,6 +71,16 @@ class PipelineWorld:
     mlflow_uri: str
     resources: dict
     base_generator: Path
+
+    def write_files(self) -> Path:
+        """(Re)write the dataset's raw files as the world was built from (other tests write
+        their own `synthetic` files into the same data folder); returns the interactions file."""
+        from synthetic import write_movielens_atomic
+
+        interactions, _ = write_movielens_atomic(
+            Path(os.environ["LETTINGO_DATA"]) / "synthetic", **WORLD_FILES
+        )
+        return interactions
 
     def materialize(self, assets, selection, **kwargs):
         import dagster as dg
@@ -93,7 +107,7 @@ def pipeline_world(tmp_path_factory: pytest.TempPathFactory) -> PipelineWorld:
 
     root = tmp_path_factory.mktemp("world")
     data = Path(os.environ["LETTINGO_DATA"]) / "synthetic"
-    write_movielens_atomic(data, users=90, items=160, min_ratings=20, max_ratings=70, seed=5)
+    write_movielens_atomic(data, **WORLD_FILES)
     mlflow_uri = f"sqlite:///{root / 'mlflow.db'}"
     resources = {
         **defs.resources,

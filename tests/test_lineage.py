@@ -166,14 +166,16 @@ def test_lineage_follows_a_changed_interactions_file(
         assert code == 0, err
         return json.loads(out)["chain"]
 
-    # The ci graph through the trained generator: the session's world (materialized through
+    # The world's own files (another test may have written other `synthetic` files since).
+    registry_file = world.write_files()
+    # The ci graph through the trained generator: the shared pipeline world (materialized through
     # preference_pairs, its files observed first), then DPO (reused when already trained).
     first = world.materialize(all_assets, ["dpo_checkpoint"])
     assert first.success
     version_1 = str(first.asset_materializations_for_node("dpo_checkpoint")[0].metadata[
         "model_version"
     ].value)  # fmt: skip
-    registry_file = get_dataset("synthetic").interactions
+    assert registry_file == get_dataset("synthetic").interactions
     sha_1 = file_sha256(registry_file)
     chain_assets = LINEAGE_CHAIN[:-1]
     assert all(status()[asset][0] == "FRESH" for asset in chain_assets), status()
@@ -214,6 +216,10 @@ def test_lineage_follows_a_changed_interactions_file(
         links_2 = chain(version_2)
         assert links_2[-1]["sha256"] == sha_2 and links_2[-1]["path"] == str(landed)
         assert links_2[1]["data_version"] != links[1]["data_version"]  # other pairs
+        # The training run states the asset's derived code version, as the chain does.
+        tracking = MlflowTracking(tracking_uri=world.mlflow_uri)
+        run = tracking.client().get_run(tracking.client().get_model_version(name, version_2).run_id)
+        assert run.data.tags["dagster.code_version"] == links_2[0]["code_version"]
         assert chain(version_1)[-1]["sha256"] == sha_1
         code, out, _ = _lineage(
             capsys, "--source", sha_2, "--json", "--mlflow-uri", world.mlflow_uri
