@@ -2,7 +2,7 @@
 
 With several threads, some of torch's backward kernels (the embedding's gradient among them)
 accumulate in an order that depends on thread timing, so two runs of the same seeded pretraining
-ended with different weights (final loss 0.678 and 0.701) and a different DPO result downstream.
+can end with different weights, and every reward, pair and figure downstream moves with them.
 Torch's deterministic algorithms remove that; on CUDA they also need cuBLAS's fixed workspace.
 """
 
