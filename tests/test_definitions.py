@@ -61,7 +61,10 @@ def test_workspace_loads_the_module() -> None:
 
 
 def test_instance_is_sqlite_under_lettingo_home(fresh_home: Path, monkeypatch) -> None:
-    monkeypatch.delenv("DAGSTER_HOME", raising=False)
+    # Set, then removed: monkeypatch records the variable, so the value prepare_dagster_home
+    # writes into os.environ is undone after the test instead of leaking into later ones.
+    monkeypatch.setenv("DAGSTER_HOME", "unset")
+    monkeypatch.delenv("DAGSTER_HOME")
     home = prepare_dagster_home()
     assert home == fresh_home / "dagster"
     assert (home / "dagster.yaml").read_bytes() == (ROOT / "dagster.yaml").read_bytes()
