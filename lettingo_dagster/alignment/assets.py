@@ -48,8 +48,10 @@ from lettingo_dagster.tracking import MlflowTracking
     pool=POOL_WAREHOUSE,
     deps=["reward_scores", "sampled_profiles"],
     description=(
-        "Stage 3 input: every (better, worse) pair of a user's candidate profiles whose binary "
-        "rewards differ (with T = 1 the paper's right-versus-wrong rule), with the DPO prompt "
+        "Stage 3 input: every (better, worse) pair of a user's candidate profiles whose rewards "
+        "differ by more than pairs.min_z standard errors of their paired difference over the "
+        "user's targets (binary rewards, one target and min_z 0: the paper's right-versus-wrong "
+        "rule), with the DPO prompt "
         "(the generator's exploration prompt over the long window), both texts, rewards and "
         "sources. Train users' pairs train DPO; calibration users' pairs are its held-out slice."
     ),
