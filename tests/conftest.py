@@ -39,6 +39,27 @@ REGISTRY_FILE.write_text(
 )
 os.environ["LETTINGO_DATASETS"] = str(REGISTRY_FILE)
 
+# Variables the code under test sets in its own process (the CLI points DAGSTER_HOME at its
+# instance, the team deployment selects itself): each test starts from the session's values, so
+# a test that runs one in-process cannot redirect a later test's runs to its instance.
+_PROCESS_VARIABLES = (
+    "DAGSTER_HOME",
+    "LETTINGO_PRESET",
+    "LETTINGO_DEPLOYMENT",
+    "MLFLOW_TRACKING_URI",
+)
+
+
+@pytest.fixture(autouse=True)
+def _restore_process_variables():
+    before = {name: os.environ.get(name) for name in _PROCESS_VARIABLES}
+    yield
+    for name, value in before.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     shutil.rmtree(_SESSION_DIR, ignore_errors=True)
