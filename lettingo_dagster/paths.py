@@ -7,6 +7,7 @@ checkpoints, reports, the data cache and the Dagster home, so one folder is one 
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 PACKAGE_ROOT = Path(__file__).resolve().parent
@@ -19,6 +20,19 @@ DATASETS_FILE = ASSETS_DIR / "datasets.yaml"
 def lettingo_home() -> Path:
     """Root of everything a run writes; relative values resolve against the working directory."""
     return Path(os.environ.get("LETTINGO_HOME", ".lettingo")).expanduser().resolve()
+
+
+def expand_home(text: str, what: str = "path") -> str:
+    """A preset's path with `$LETTINGO_HOME` (or `${LETTINGO_HOME}`), other environment variables
+    and `~` expanded, so one preset serves every deployment's home. A variable that is not set
+    is an error naming it, not a folder called `$NAME`."""
+    home = str(lettingo_home())
+    text = text.replace("${LETTINGO_HOME}", home).replace("$LETTINGO_HOME", home)
+    expanded = os.path.expanduser(os.path.expandvars(text))
+    unset = re.findall(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)", expanded)
+    if unset:
+        raise ValueError(f"{what} {text!r} names ${unset[0]}, which is not set")
+    return expanded
 
 
 def data_cache_dir() -> Path:

@@ -13,10 +13,17 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from lettingo_dagster.constants import TargetProtocol
-from lettingo_dagster.paths import PRESETS_DIR
+from lettingo_dagster.paths import PRESETS_DIR, expand_home
 
 DEFAULT_PRESET = "default"
 # The deterministic writers' styles (lettingo_dagster.exploration.writers.WRITERS).
@@ -187,8 +194,14 @@ class ExplorerSettings(_Section):
         description="Template under assets/prompts/ (default: the base generator's for "
         "base_generator, 'exploration' otherwise).",
     )
-    path: str | None = Field(None, description="Model folder or id (local).")
-    adapter: str | None = Field(None, description="LoRA adapter folder (local).")
+    path: str | None = Field(
+        None,
+        description="Model folder or id (local); `$LETTINGO_HOME`, other environment variables "
+        "and `~` are expanded when the model is loaded.",
+    )
+    adapter: str | None = Field(
+        None, description="LoRA adapter folder (local); expanded like `path`."
+    )
     base_url: str | None = Field(
         None, description="Endpoint base URL, e.g. http://127.0.0.1:8000/v1 (openai)."
     )
@@ -230,6 +243,17 @@ class ExplorerSettings(_Section):
         32, ge=1, le=1024, description="Prompts per generate call (local models)."
     )
     decoding: DecodingSettings = Field(default_factory=DecodingSettings, description="Sampling.")
+
+    def model_path(self) -> str | None:
+        """`path` with `$LETTINGO_HOME`, other variables and `~` expanded."""
+        return (
+            None if self.path is None else expand_home(self.path, f"explorer {self.name!r}: path")
+        )
+
+    def adapter_path(self) -> str | None:
+        if self.adapter is None:
+            return None
+        return expand_home(self.adapter, f"explorer {self.name!r}: adapter")
 
     @model_validator(mode="after")
     def _required_per_kind(self) -> ExplorerSettings:
@@ -299,6 +323,31 @@ class KnowledgeSettings(_Section):
     seed: int = Field(0, description="Seed of the SVD's random start.")
 
 
+class RecommenderTrialSettings(_Section):
+    """An LLM recommender candidate, measured on calibration users' sentiment targets against
+    the majority label and the offline recommender before it may serve (asset
+    recommender_trial)."""
+
+    model: ExplorerSettings = Field(
+        description="The candidate's model: an explorer-style entry (kind local or openai)."
+    )
+    users: int = Field(5, ge=1, le=10_000, description="Calibration users measured (all targets).")
+    train_users: int = Field(
+        60, ge=1, le=100_000, description="Training users the offline recommender is fit on."
+    )
+    profile_style: str = Field(
+        "genre_affinity", description="The writer profile shown beside no profile."
+    )
+    prompt_template: str = Field("recommender", description="The candidate's prompt template.")
+
+    @field_validator("profile_style")
+    @classmethod
+    def _known_style(cls, value: str) -> str:
+        if value not in WRITER_STYLES:
+            raise ValueError(f"unknown writer style {value!r}; known: {', '.join(WRITER_STYLES)}")
+        return value
+
+
 class RecommenderSettings(_Section):
     """Stage 2: the frozen recommender that scores profiles."""
 
@@ -343,6 +392,11 @@ class RecommenderSettings(_Section):
     )
     chunk_size: int = Field(512, ge=1, description="(profile, target) scores per cache chunk.")
     seed: int = Field(0, description="Seed of the offline recommender's fit.")
+    trial: RecommenderTrialSettings | None = Field(
+        None,
+        description="An LLM recommender candidate to measure before it may serve (asset "
+        "recommender_trial; null: nothing to measure).",
+    )
 
     @model_validator(mode="after")
     def _llm_needs_model(self) -> RecommenderSettings:

@@ -19,7 +19,8 @@ MATERIALIZE_COMMAND = (
 )
 _MISSING_TABLE = re.compile(r"Table with name (\w+) does not exist")
 # Tables whose asset may write no rows for a materialized partition (no items file).
-MAY_BE_EMPTY = frozenset({"items"})
+# items: a dataset without an items file; recommender_trial: a preset without an LLM candidate.
+MAY_BE_EMPTY = frozenset({"items", "recommender_trial"})
 
 
 def upstream_missing(asset: str, dataset: str | None, why: str) -> dg.Failure:
@@ -43,7 +44,7 @@ def require_partition(
     con: duckdb.DuckDBPyConnection, tables: str | Sequence[str], dataset: str
 ) -> None:
     """Fail the step with `upstream_missing` unless each of `tables` holds rows of `dataset`
-    (for `items`, which a dataset without an items file leaves empty: unless it exists)."""
+    (for the tables in MAY_BE_EMPTY: unless it exists)."""
     for table in [tables] if isinstance(tables, str) else tables:
         (exists,) = con.execute(
             "SELECT count(*) FROM information_schema.tables "

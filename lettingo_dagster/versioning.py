@@ -61,6 +61,7 @@ SETTINGS_READ: dict[str, tuple[str, ...]] = {
     "sampled_profiles": ("task", "base_generator", "exploration"),
     "item_knowledge": ("task", "recommender"),
     "recommender": ("task", "base_generator", "exploration", "recommender"),
+    "recommender_trial": ("task", "recommender", "compute"),
     "oracle_study": ("task", "recommender", "oracle"),
     "reward_scores": ("task", "base_generator", "recommender"),
     "preference_pairs": ("task", "base_generator", "exploration", "pairs", "dpo.policy"),
@@ -72,7 +73,7 @@ SETTINGS_READ: dict[str, tuple[str, ...]] = {
 # Assets that render prompt templates: the templates' text is part of their logic.
 READS_PROMPTS = frozenset(
     {
-        "base_generator", "sampled_profiles", "recommender", "reward_scores",
+        "base_generator", "sampled_profiles", "recommender", "recommender_trial", "reward_scores",
         "preference_pairs", "dpo_checkpoint", "heldout_profiles", "evaluation_report",
     }
 )  # fmt: skip
@@ -86,6 +87,7 @@ DATA_VERSION_FROM: dict[str, DataVersionFrom] = {
     "sampled_profiles": "table",
     "item_knowledge": "folder",
     "recommender": "folder",
+    "recommender_trial": "table",
     "oracle_study": "metadata",
     "reward_scores": "table",
     "preference_pairs": "table",

@@ -22,8 +22,9 @@ def policy_folder(preset: Preset, policy: str, base_generator_dir: str) -> str:
     explorer = next(e for e in preset.exploration.explorers if e.name == policy)
     if explorer.kind == "base_generator":
         return base_generator_dir
-    assert explorer.path is not None  # the preset validates this
-    return explorer.path
+    path = explorer.model_path()
+    assert path is not None  # the preset validates this
+    return path
 
 
 def policy_prompts(preset: Preset, histories: Sequence[UserHistory]) -> dict[str, tuple[str, str]]:

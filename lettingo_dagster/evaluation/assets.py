@@ -7,7 +7,7 @@ from typing import Any
 import dagster as dg
 import pandas as pd
 
-from lettingo_dagster.constants import GROUP_EVALUATION, POOL_WAREHOUSE
+from lettingo_dagster.constants import GROUP_EVALUATION, POOL_MODEL, POOL_WAREHOUSE
 from lettingo_dagster.dataset_assets import dataset_asset
 from lettingo_dagster.evaluation.examples import load_target_examples
 from lettingo_dagster.evaluation.frozen import (
@@ -149,6 +149,67 @@ def recommender(
 
 
 @dataset_asset(
+    key="recommender_trial",
+    group_name=GROUP_EVALUATION,
+    kinds={"duckdb", "pytorch"},
+    pool=POOL_MODEL,
+    deps=["task_samples"],
+    description=(
+        "May an LLM serve as the recommender? When the preset names a candidate "
+        "(recommender.trial), its sentiment accuracy on calibration users' targets, with no "
+        "profile and with a writer profile, against the majority label and the offline "
+        "recommender fit on training users; it may serve only when its best accuracy beats the "
+        "majority label and is at least the offline recommender's. No candidate: no rows."
+    ),
+)
+def recommender_trial(
+    context: dg.AssetExecutionContext,
+    settings: SettingsResource,
+    warehouse: Warehouse,
+    item_knowledge: str,
+) -> dg.MaterializeResult:
+    from lettingo_dagster.evaluation.llm_recommender import LLMRecommender
+    from lettingo_dagster.evaluation.recommender_trial import (
+        TRIAL_COLUMNS,
+        decide,
+        first_users,
+        run_trial,
+    )  # fmt: skip
+    from lettingo_dagster.models.factory import build_model
+
+    preset = settings.load()
+    dataset, trial = context.partition_key, preset.recommender.trial
+    table = pd.DataFrame(columns=list(TRIAL_COLUMNS))
+    if trial is not None:
+        with warehouse.get_connection() as con:
+            require_partition(con, ("task_samples", "items"), dataset)
+            train, calibration = (
+                load_target_examples(con, dataset, preset.task, (split,))
+                for split in ("train", "calibration")
+            )
+        model = build_model(trial.model, None, preset.compute.torch_threads)
+        table = run_trial(
+            LLMRecommender(model, trial.prompt_template),
+            offline_recommender(preset, item_knowledge),
+            first_users(train, trial.train_users), first_users(calibration, trial.users),
+            trial.profile_style, log=context.log.info,
+        )  # fmt: skip
+    with warehouse.get_connection() as con:
+        count = replace_partition_from_frame(
+            con, "recommender_trial", dataset, table, TRIAL_COLUMNS
+        )
+    verdict = decide(table).verdict if count else "no LLM candidate in the preset"
+    context.log.info(verdict)
+    return dg.MaterializeResult(
+        metadata={
+            "dagster/row_count": count,
+            "decision": verdict,
+            "trial": dg.MetadataValue.md(markdown_preview(table.round(3), rows=10, width=80)),
+        }
+    )
+
+
+@dataset_asset(
     key="oracle_study",
     group_name=GROUP_EVALUATION,
     kinds={"scikitlearn"},
@@ -273,4 +334,4 @@ def reward_scores(
     )
 
 
-evaluation_assets = [item_knowledge, recommender, oracle_study, reward_scores]
+evaluation_assets = [item_knowledge, recommender, recommender_trial, oracle_study, reward_scores]

@@ -17,12 +17,12 @@ def build_model(
     if explorer.kind in ("base_generator", "local"):
         from lettingo_dagster.models.local import LocalCausalLM
 
-        path = base_generator_dir if explorer.kind == "base_generator" else explorer.path
+        path = base_generator_dir if explorer.kind == "base_generator" else explorer.model_path()
         if path is None:
             raise ValueError(f"explorer {explorer.name!r}: no model folder")
         return LocalCausalLM(
             path,
-            adapter=explorer.adapter,
+            adapter=explorer.adapter_path(),
             torch_threads=torch_threads,
             batch_size=explorer.batch_size,
             name=explorer.name,

@@ -177,7 +177,7 @@ def _report_checks(outcome: ReportOutcome, metric: str) -> Iterator[dg.AssetChec
     group_name="report",
     kinds={"python", "mlflow"},
     pool=None,
-    deps=["heldout_profiles", "task_samples"],
+    deps=["heldout_profiles", "task_samples", "recommender_trial"],
     description=(
         "The evaluation on held-out test users (all targets): recent window only, + raw long "
         "window, the oracle ceiling, + RLMRec-like and PALR-like writer profiles, + base "

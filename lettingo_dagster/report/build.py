@@ -28,6 +28,7 @@ from lettingo_dagster.evaluation.recommender import (
     load_recommender,
     offline_recommender,
 )
+from lettingo_dagster.evaluation.recommender_trial import decide
 from lettingo_dagster.folders import write_folder_atomically
 from lettingo_dagster.paths import reports_dir
 from lettingo_dagster.report import evaluation as ev
@@ -55,6 +56,7 @@ class ReportInputs:
     calibration: list[TargetExample]
     heldout: pd.DataFrame  # the heldout_profiles rows of the dataset
     train_rewards: pd.DataFrame  # user_id, target_rewards of training users' candidates
+    recommender_trial: pd.DataFrame  # the recommender_trial rows (none: no LLM candidate)
 
 
 def load_report_inputs(
@@ -68,7 +70,21 @@ def load_report_inputs(
             "SELECT user_id, target_rewards FROM reward_scores WHERE dataset = ? AND split = 'train'",
             [dataset],
         ).df(),
+        recommender_trial=_trial_rows(con, dataset),
     )
+
+
+def _trial_rows(con: duckdb.DuckDBPyConnection, dataset: str) -> pd.DataFrame:
+    """The recommender_trial rows; none before that optional asset ever ran (no table)."""
+    (exists,) = con.execute(
+        "SELECT count(*) FROM information_schema.tables WHERE table_name = 'recommender_trial' "
+        "AND table_schema = current_schema()"
+    ).fetchone()
+    if not exists:
+        return pd.DataFrame()
+    return con.execute(
+        "SELECT * EXCLUDE (dataset) FROM recommender_trial WHERE dataset = ?", [dataset]
+    ).df()
 
 
 def sanity_baselines(knowledge_dir: str, preset: Preset) -> dict[str, Recommender]:
@@ -279,6 +295,7 @@ def write_report_files(
     promotion: PromotionOutcome,
     plots: Mapping[str, str],
     reliability: Mapping[str, float],
+    trial: pd.DataFrame,
 ) -> None:
     """report.md, report.html, results.csv and report.json into `folder` (beside the plots)."""
     from lettingo_dagster.report.render import (
@@ -290,6 +307,7 @@ def write_report_files(
 
     n_boot, metric = preset.report.n_boot, preset.report.headline_metric
     version, table = promotion.version, figures.table
+    trial_decision = decide(trial) if len(trial) else None
     report = Report(
         dataset=dataset,
         task=figures.task,
@@ -303,6 +321,7 @@ def write_report_files(
         profile_stats=figures.stats,
         claims=figures.claims,
         confusion=figures.matrices,
+        recommender_trial=trial,
         plots=plots,
         generator={
             "policy": preset.dpo.policy,
@@ -337,6 +356,10 @@ def write_report_files(
                     **promotion.decision.as_dict(), "version": version,
                     "verdict": promotion.verdict,
                 },
+                "recommender_trial": {
+                    "rows": trial.to_dict(orient="records"),
+                    "serves": trial_decision.serves, "verdict": trial_decision.verdict,
+                } if trial_decision else None,
                 "results_markdown": results_markdown_table(table),
             },
             indent=1, default=float,
@@ -390,6 +413,7 @@ def build_report(
         write_report_files(
             scratch, dataset=dataset, preset=preset, dpo_checkpoint=dpo_checkpoint,
             figures=figures, promotion=promotion, plots=plots, reliability=reliability,
+            trial=inputs.recommender_trial,
         )  # fmt: skip
     outcome = ReportOutcome(figures, promotion, folder, plots, reliability)
     if outcome.run_id:

@@ -37,6 +37,7 @@ class Report:
     profile_stats: pd.DataFrame | None = None
     claims: pd.DataFrame | None = None  # faithfulness (and planted-taste agreement) per method
     confusion: Mapping[str, pd.DataFrame] = field(default_factory=dict)
+    recommender_trial: pd.DataFrame | None = None  # rows of the recommender_trial table
     plots: Mapping[str, str] = field(default_factory=dict)
     generator: Mapping[str, Any] = field(default_factory=dict)
     notes: Sequence[str] = ()
@@ -170,6 +171,25 @@ def _frame_rows(frame: pd.DataFrame) -> tuple[list[str], list[list[Any]]]:
     return header, rows
 
 
+TRIAL_NOTE = (
+    "The LLM recommender candidate on calibration users' targets (sentiment: like, neutral, "
+    "dislike), beside the majority label of training users' targets and the offline "
+    "recommender fit on training users. It may serve only when its best accuracy beats the "
+    "majority label and is at least the offline recommender's."
+)
+
+
+def _trial_parts(trial: pd.DataFrame) -> tuple[list[str], list[list[Any]], str]:
+    from lettingo_dagster.evaluation.recommender_trial import decide
+
+    header = ["recommender", "profile", "targets", "accuracy", "macro-F1", "predicts"]
+    rows = [
+        [r.recommender, r.profile, r.targets, f"{r.accuracy:.3f}", f"{r.macro_f1:.3f}", r.predicted]
+        for r in trial.itertuples()
+    ]
+    return header, rows, decide(trial).verdict
+
+
 def _summary_lines(report: Report) -> list[tuple[str, Any]]:
     return [
         ("dataset", report.dataset),
@@ -222,6 +242,10 @@ def render_markdown(report: Report, scale: Scale = "points") -> str:
     if report.claims is not None and len(report.claims):
         out += ["## What the profiles claim", "", CLAIMS_NOTE, ""]
         out += [_md_table(*_stats_rows(report.claims)), ""]
+    if report.recommender_trial is not None and len(report.recommender_trial):
+        header, rows, verdict = _trial_parts(report.recommender_trial)
+        out += ["## May the LLM serve as the recommender?", "", TRIAL_NOTE, ""]
+        out += [_md_table(header, rows), "", f"**{_md_cell(verdict)}**", ""]
     if report.confusion:
         title = "Confusion matrices" if report.task == "sentiment" else "Target rank buckets"
         out += [f"## {title}", ""]
@@ -319,6 +343,10 @@ def render_html(report: Report, scale: Scale = "points") -> str:
     if report.claims is not None and len(report.claims):
         out += ["<h2>What the profiles claim</h2>", f"<p>{html.escape(CLAIMS_NOTE)}</p>",
                 _html_table(*_stats_rows(report.claims))]  # fmt: skip
+    if report.recommender_trial is not None and len(report.recommender_trial):
+        header, rows, verdict = _trial_parts(report.recommender_trial)
+        out += ["<h2>May the LLM serve as the recommender?</h2>", f"<p>{_h(TRIAL_NOTE)}</p>",
+                _html_table(header, rows), f"<p><b>{_h(verdict)}</b></p>"]  # fmt: skip
     if report.confusion:
         heading = "Confusion matrices" if report.task == "sentiment" else "Target rank buckets"
         out.append(f"<h2>{_h(heading)}</h2>")
