@@ -92,3 +92,21 @@ def test_readme_reference_lists_every_setting() -> None:
         if f"| `{rest or top}` |" not in section:
             missing.append(key)
     assert missing == []
+
+
+def test_model_paths_expand_lettingo_home_and_refuse_unset_variables(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from lettingo_dagster.settings import ExplorerSettings
+
+    monkeypatch.setenv("LETTINGO_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("LETTINGO_NOT_SET", raising=False)
+    for written in ("$LETTINGO_HOME/models/m", "${LETTINGO_HOME}/models/m"):
+        explorer = ExplorerSettings(name="m", kind="local", path=written)
+        assert explorer.model_path() == str(tmp_path / "home" / "models" / "m")
+    monkeypatch.delenv("LETTINGO_HOME")
+    default = ExplorerSettings(name="m", kind="local", path="$LETTINGO_HOME/m").model_path()
+    assert default == str(Path(".lettingo").resolve() / "m")  # the default home
+    broken = ExplorerSettings(name="m", kind="local", path="$LETTINGO_NOT_SET/m")
+    with pytest.raises(ValueError, match=r"explorer 'm': path .* names \$LETTINGO_NOT_SET"):
+        broken.model_path()

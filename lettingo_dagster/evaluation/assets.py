@@ -179,7 +179,7 @@ def recommender_trial(
 
     preset = settings.load()
     dataset, trial = context.partition_key, preset.recommender.trial
-    table = pd.DataFrame(columns=list(TRIAL_COLUMNS))
+    table = pd.DataFrame(columns=[c for c in TRIAL_COLUMNS if c != "dataset"])
     if trial is not None:
         with warehouse.get_connection() as con:
             require_partition(con, ("task_samples", "items"), dataset)
@@ -194,9 +194,10 @@ def recommender_trial(
             first_users(train, trial.train_users), first_users(calibration, trial.users),
             trial.profile_style, log=context.log.info,
         )  # fmt: skip
+    shown = markdown_preview(table.round(3), rows=10, width=80)
     with warehouse.get_connection() as con:
         count = replace_partition_from_frame(
-            con, "recommender_trial", dataset, table, TRIAL_COLUMNS
+            con, "recommender_trial", dataset, table.assign(dataset=dataset), TRIAL_COLUMNS
         )
     verdict = decide(table).verdict if count else "no LLM candidate in the preset"
     context.log.info(verdict)
@@ -204,7 +205,7 @@ def recommender_trial(
         metadata={
             "dagster/row_count": count,
             "decision": verdict,
-            "trial": dg.MetadataValue.md(markdown_preview(table.round(3), rows=10, width=80)),
+            "trial": dg.MetadataValue.md(shown),
         }
     )
 

@@ -29,6 +29,7 @@ from lettingo_dagster.evaluation.oracle import writer_profiles
 from lettingo_dagster.evaluation.recommender import Recommender
 
 TRIAL_COLUMNS = {
+    "dataset": "VARCHAR",
     "recommender": "VARCHAR",
     "profile": "VARCHAR",
     "targets": "INTEGER",
@@ -114,7 +115,7 @@ def run_trial(
             rows.append(_row(name, label, truth, probabilities, time.perf_counter() - began))
             log(f"{name}, profile {label}: accuracy {rows[-1]['accuracy']:.3f}")
     log(f"trial took {time.perf_counter() - started:.0f} s")
-    return pd.DataFrame(rows, columns=list(TRIAL_COLUMNS))
+    return pd.DataFrame(rows, columns=[c for c in TRIAL_COLUMNS if c != "dataset"])
 
 
 def decide(trial: pd.DataFrame) -> TrialDecision:

@@ -16,6 +16,7 @@ from pathlib import Path
 import yaml
 
 from lettingo_dagster.exploration.history import RatedItem, UserHistory
+from lettingo_dagster.exploration.writers import genre_stats
 from lettingo_dagster.models.base import ChatPrompt
 from lettingo_dagster.paths import ASSETS_DIR
 
@@ -63,6 +64,19 @@ def render_item_line(item_line: str, item: RatedItem, special_tokens: tuple[str,
     )
 
 
+def render_genre_digest(history: UserHistory, special_tokens: tuple[str, ...] = ()) -> str:
+    """The window's genres from the best rated to the worst, each with its mean rating and item
+    count ("Comedy 4.6 (7); Horror 1.8 (4)"): the aggregate a reader would otherwise compute
+    over every item line (genres with fewer than two items are left out, as the writers do)."""
+    return (
+        "; ".join(
+            f"{sanitize_field(genre, special_tokens)} {mean:.1f} ({count})"
+            for genre, count, mean in genre_stats(history)
+        )
+        or "too few items per genre"
+    )
+
+
 @dataclass(frozen=True)
 class PromptTemplate:
     name: str
@@ -73,9 +87,11 @@ class PromptTemplate:
     def render(self, history: UserHistory, special_tokens: Iterable[str] = ()) -> ChatPrompt:
         specials = tuple(special_tokens)
         lines = [render_item_line(self.item_line, item, specials) for item in history.items]
+        # The digest is only computed for a template that shows it.
+        digest = render_genre_digest(history, specials) if "{genres}" in self.user else ""
         return ChatPrompt(
             system=self.system,
-            user=self.user.format(count=len(lines), history="\n".join(lines)),
+            user=self.user.format(count=len(lines), history="\n".join(lines), genres=digest),
         )
 
 
@@ -97,7 +113,7 @@ def load_template(name: str = "exploration", prompts_dir: Path = PROMPTS_DIR) ->
     missing = [part for part in ("user", "item_line") if not raw.get(part)]
     if missing:
         raise PromptError(f"{path}: missing {', '.join(missing)}")
-    _check_placeholders(path, "user", raw["user"], {"count", "history"})
+    _check_placeholders(path, "user", raw["user"], {"count", "history", "genres"})
     _check_placeholders(
         path, "item_line", raw["item_line"], {"title", "year", "genres", "sentiment", "rating"}
     )

@@ -26,7 +26,7 @@ def _title(item: RatedItem) -> str:
     return f"{item.title} ({item.year})" if item.year else item.title
 
 
-def _genre_stats(history: UserHistory) -> list[tuple[str, int, float]]:
+def genre_stats(history: UserHistory) -> list[tuple[str, int, float]]:
     """(genre, items, mean rating) for genres with enough items, best first."""
     ratings: dict[str, list[float]] = defaultdict(list)
     for item in history.items:
@@ -42,7 +42,7 @@ def _list_genres(stats: list[tuple[str, int, float]]) -> str:
 
 
 def genre_affinity(history: UserHistory) -> str:
-    stats = _genre_stats(history)
+    stats = genre_stats(history)
     overall = mean(item.rating for item in history.items)
     if not stats:
         return f"Genre affinity: too few items per genre to tell; average rating {_fmt(overall)}."
@@ -155,7 +155,7 @@ def palr_keywords(history: UserHistory) -> str:
 
 def rlmrec_summary(history: UserHistory) -> str:
     """RLMRec-like: a JSON object with a summary of at most 100 words and the reasoning."""
-    stats = _genre_stats(history)
+    stats = genre_stats(history)
     average = mean(item.rating for item in history.items)
     liked = [genre for genre, _n, avg in stats if avg >= 4.0][:3]
     disliked = [genre for genre, _n, avg in reversed(stats) if avg <= 2.5][:2]

@@ -65,6 +65,19 @@ def test_prompt_lists_items_oldest_first_with_sentiment() -> None:
     assert prompt.system
 
 
+def test_digest_prompt_ranks_genres_by_mean_rating_without_item_lines() -> None:
+    prompt = load_template("exploration_digest").render(HORROR_FAN)
+    assert "Genres, best rated first (mean rating, items): " in prompt.user
+    digest = prompt.user.split("items): ", 1)[1].splitlines()[0]
+    # Horror 5.0 over 6 items first, then Comedy 3.0 (4), then Romance and Drama 1.0 (5 each).
+    assert digest == "Horror 5.0 (6); Comedy 3.0 (4); Drama 1.0 (5); Romance 1.0 (5)"
+    assert "Scream" not in prompt.user and prompt.user.startswith("15 rated items.")
+    # The same genre ranking the genre-affinity writer states, so a copy is faithful.
+    assert write_profiles(HORROR_FAN, ("genre_affinity",))["genre_affinity"].startswith(
+        "Genre affinity: Enjoys Horror (6 rated, avg 5.0)"
+    )
+
+
 @pytest.mark.parametrize(
     "title",
     [
