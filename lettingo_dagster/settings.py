@@ -8,6 +8,7 @@ the key, so a typo never silently falls back to a default.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
@@ -30,6 +31,13 @@ DEFAULT_PRESET = "default"
 WRITER_STYLES = (
     "genre_affinity", "eras", "rating_tendency", "favourites", "palr_keywords", "rlmrec_summary",
 )  # fmt: skip
+
+
+def check_styles(styles: Sequence[str]) -> None:
+    """Every name is a writer style, or a ValueError naming the unknown ones and the known."""
+    unknown = [style for style in styles if style not in WRITER_STYLES]
+    if unknown:
+        raise ValueError(f"unknown writer style(s) {unknown}; known: {', '.join(WRITER_STYLES)}")
 
 
 class PresetError(ValueError):
@@ -168,12 +176,26 @@ class BaseGeneratorSettings(_Section):
     max_train_users: int | None = Field(
         None, ge=1, description="Pretrain on at most this many training users (null: all)."
     )
-    seed: int = Field(0, description="Seed of initialization and data order.")
+    styles: list[str] | None = Field(
+        None, description="Writer styles to pretrain on (null: all six)."
+    )
+    window_views: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="Prompts per training user: the long window, then seeded subsets of it "
+        "(each item kept with probability view_keep), each with its own writer profiles.",
+    )
+    view_keep: float = Field(
+        0.75, gt=0, le=1, description="Share of the long window's items a subset view keeps."
+    )
+    seed: int = Field(0, description="Seed of initialization, data order and window views.")
 
     @model_validator(mode="after")
     def _heads_divide_width(self) -> BaseGeneratorSettings:
         if self.hidden_size % self.num_heads:
             raise ValueError("num_heads must divide hidden_size")
+        check_styles(self.styles or ())
         return self
 
 
@@ -263,11 +285,7 @@ class ExplorerSettings(_Section):
             raise ValueError(
                 f"explorer {self.name!r} of kind {self.kind} needs {', '.join(missing)}"
             )
-        unknown = [style for style in self.styles or () if style not in WRITER_STYLES]
-        if unknown:
-            raise ValueError(
-                f"unknown writer style(s) {unknown}; known: {', '.join(WRITER_STYLES)}"
-            )
+        check_styles(self.styles or ())
         return self
 
 
@@ -343,8 +361,7 @@ class RecommenderTrialSettings(_Section):
     @field_validator("profile_style")
     @classmethod
     def _known_style(cls, value: str) -> str:
-        if value not in WRITER_STYLES:
-            raise ValueError(f"unknown writer style {value!r}; known: {', '.join(WRITER_STYLES)}")
+        check_styles((value,))
         return value
 
 
@@ -432,10 +449,11 @@ class PairSettings(_Section):
     max_pairs_per_user: int | None = Field(
         None, ge=1, description="Cap of pairs per user (seeded sample)."
     )
-    scope: Literal["all", "within_explorer"] = Field(
+    scope: Literal["all", "within_explorer", "policy"] = Field(
         "all",
         description="all: pairs across explorers (off-policy writers included); "
-        "within_explorer: both sides from the same explorer.",
+        "within_explorer: both sides from the same explorer; policy: both sides sampled from "
+        "the policy DPO trains (on-policy pairs only).",
     )
     balance_sources: bool = Field(
         False,

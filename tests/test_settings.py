@@ -17,6 +17,8 @@ def test_shipped_presets_load_and_differ() -> None:
     assert (default.task.recent_window, default.task.long_window) == (10, 30)
     assert ci.task.split.max_users_per_split is not None
     assert ci.task.min_interactions < default.task.min_interactions
+    for name in available_presets():  # every shipped preset is valid as written
+        assert load_preset(name).name == name
 
 
 def test_every_setting_has_a_description() -> None:

@@ -66,7 +66,9 @@ def preference_pairs(
         require_partition(con, ("reward_scores", "sampled_profiles", "task_samples"), dataset)
         rewards = load_scored_candidates(con, dataset)
         histories = load_long_windows(con, dataset, preset.task, splits=("train", "calibration"))
-    pairs = build_pairs(rewards, policy_prompts(preset, histories), pair_options(preset.pairs))
+    pairs = build_pairs(
+        rewards, policy_prompts(preset, histories), pair_options(preset.pairs, preset.dpo.policy)
+    )
     with warehouse.get_connection() as con:
         count = replace_partition_from_frame(con, "preference_pairs", dataset, pairs, PAIR_COLUMNS)
     users = rewards["user_id"].nunique()

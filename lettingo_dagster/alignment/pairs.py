@@ -49,18 +49,22 @@ class PairOptions:
     min_z: float = 0.0  # paired difference over targets / its standard error must exceed this
     swap: bool = False  # negative control: training pairs' chosen and rejected trade places
     max_pairs_per_user: int | None = None
-    scope: Literal["all", "within_explorer"] = "all"
+    scope: Literal["all", "within_explorer", "policy"] = "all"
+    policy: str | None = None  # the explorer DPO trains (scope "policy")
     balance_sources: bool = False
     seed: int = 0
 
 
-def pair_options(settings: PairSettings) -> PairOptions:
-    """The preset's `pairs` section as options."""
+def pair_options(settings: PairSettings, policy: str | None = None) -> PairOptions:
+    """The preset's `pairs` section as options; `policy` is `dpo.policy`."""
+    if settings.scope == "policy" and policy is None:
+        raise ValueError("pairs.scope 'policy' needs the policy's explorer name")
     return PairOptions(
         graded_margin=settings.graded_margin, min_z=settings.min_z,
         swap=settings.swap_chosen_rejected,
         max_pairs_per_user=settings.max_pairs_per_user,
-        scope=settings.scope, balance_sources=settings.balance_sources, seed=settings.seed,
+        scope=settings.scope, policy=policy,
+        balance_sources=settings.balance_sources, seed=settings.seed,
     )  # fmt: skip
 
 
@@ -105,6 +109,8 @@ def _user_pairs(user: pd.DataFrame, options: PairOptions) -> list[tuple[int, int
         if a.reward == b.reward or a.profile == b.profile:
             continue
         if options.scope == "within_explorer" and a.explorer != b.explorer:
+            continue
+        if options.scope == "policy" and not a.explorer == b.explorer == options.policy:
             continue
         if options.min_z > 0 and not clears_noise(
             a.target_rewards, b.target_rewards, options.min_z

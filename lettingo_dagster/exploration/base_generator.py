@@ -53,10 +53,34 @@ REPORT_FILE = "pretrain_report.json"
 # --------------------------------------------------------------------------- data
 
 
+def window_views(history: UserHistory, views: int, keep: float, seed: int) -> list[UserHistory]:
+    """The long window itself, then `views - 1` seeded subsets of it (each item kept with
+    probability `keep`, order kept): more distinct prompts, with their own statistics and
+    profiles, for a small model to learn reading from, at no cost to the data."""
+    from lettingo_dagster.data.samples import stable_unit_hash
+
+    out = [history]
+    for view in range(1, views):
+        kept = tuple(
+            item
+            for index, item in enumerate(history.items)
+            if stable_unit_hash(seed, f"{history.user_id}:view {view}:item {index}") < keep
+        )
+        if len(kept) >= 2:
+            out.append(UserHistory(history.user_id, history.split, kept))
+    return out
+
+
 def training_examples(
-    histories: Sequence[UserHistory], template: PromptTemplate
+    histories: Sequence[UserHistory],
+    template: PromptTemplate,
+    styles: Sequence[str] | None = None,
+    views: int = 1,
+    view_keep: float = 0.75,
+    seed: int = 0,
 ) -> list[tuple[ChatPrompt, str, str]]:
-    """(prompt, profile, style) for every writer style of every history.
+    """(prompt, profile, style) for every writer style (or those in `styles`) of every history,
+    and of `views - 1` subsets of each (`window_views`).
 
     Prompts are rendered with the generator's special tokens defused, exactly as they are at
     sampling time; profiles are sanitized the same way, so a title seen in the prompt is the
@@ -64,9 +88,10 @@ def training_examples(
     """
     examples: list[tuple[ChatPrompt, str, str]] = []
     for history in histories:
-        prompt = template.render(history, SPECIAL_TOKENS)
-        for style, profile in write_profiles(history).items():
-            examples.append((prompt, sanitize_field(profile, SPECIAL_TOKENS), style))
+        for view in window_views(history, views, view_keep, seed):
+            prompt = template.render(view, SPECIAL_TOKENS)
+            for style, profile in write_profiles(view, tuple(styles) if styles else None).items():
+                examples.append((prompt, sanitize_field(profile, SPECIAL_TOKENS), style))
     return examples
 
 

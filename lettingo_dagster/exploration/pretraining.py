@@ -56,7 +56,10 @@ def train_or_reuse(
 
     config = preset.base_generator
     train = training_histories(histories, config.max_train_users)
-    examples = training_examples(train, load_template(config.prompt_template))
+    examples = training_examples(
+        train, load_template(config.prompt_template), config.styles,
+        config.window_views, config.view_keep, config.seed,
+    )  # fmt: skip
     version = hashlib.sha256(
         json.dumps(
             {

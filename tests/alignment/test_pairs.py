@@ -47,7 +47,8 @@ OPTIONS = st.builds(
     graded_margin=st.sampled_from([0.0, 0.1, 0.3]),
     min_z=st.sampled_from([0.0, 1.0, 2.0]),
     max_pairs_per_user=st.sampled_from([None, 1, 3]),
-    scope=st.sampled_from(["all", "within_explorer"]),
+    scope=st.sampled_from(["all", "within_explorer", "policy"]),
+    policy=st.just("base"),
     balance_sources=st.booleans(),
     seed=st.integers(0, 3),
 )
@@ -71,6 +72,8 @@ def test_pair_invariants(rewards: pd.DataFrame, options: PairOptions) -> None:
             assert chosen.graded_reward - rejected.graded_reward >= options.graded_margin
         if options.scope == "within_explorer":
             assert chosen.explorer == rejected.explorer
+        if options.scope == "policy":  # on-policy: both sides sampled from the trained model
+            assert chosen.explorer == rejected.explorer == options.policy
     assert not pairs.duplicated(["chosen_profile_id", "rejected_profile_id"]).any()
     if options.max_pairs_per_user is not None and len(pairs):
         assert pairs.groupby("user_id").size().max() <= options.max_pairs_per_user
@@ -139,3 +142,22 @@ def test_min_z_keeps_only_differences_that_clear_their_standard_error() -> None:
     ]
     everything = build_pairs(rewards, {"u": (None, "prompt")}, PairOptions())
     assert len(everything) == 3
+
+
+def test_policy_scope_keeps_exactly_the_policys_own_pairs() -> None:
+    rewards = pd.DataFrame(
+        [
+            {"dataset": "d", "user_id": "u", "split": "train", "explorer": explorer,
+             "style": style, "profile_id": f"p{k}", "profile": f"text {k}",
+             "binary_reward": 0.0, "graded_reward": 0.0,
+             "target_rewards": [reward] * 3, "reward": reward}
+            for k, (explorer, style, reward) in enumerate(
+                [("base", None, 0.3), ("base", None, 0.1), ("writers", "eras", 0.9),
+                 ("writers", "genre_affinity", 0.0)]
+            )
+        ]
+    )  # fmt: skip
+    every = build_pairs(rewards, _prompts(rewards), PairOptions())
+    own = build_pairs(rewards, _prompts(rewards), PairOptions(scope="policy", policy="base"))
+    assert len(every) == 6
+    assert list(zip(own.chosen_profile_id, own.rejected_profile_id, strict=True)) == [("p0", "p1")]

@@ -53,6 +53,24 @@ def test_training_examples_cover_every_style_with_one_prompt_per_user(template):
     assert all(profile.strip() for _, profile, _ in examples)
 
 
+def test_window_views_add_seeded_subsets_with_their_own_prompts_and_profiles(template):
+    histories = genre_lover_histories(2, 20)
+    examples = bg.training_examples(histories, template, ("genre_affinity",), views=4, seed=3)
+    assert {style for _, _, style in examples} == {"genre_affinity"}
+    assert len(examples) == 2 * 4  # one profile per view; 20 items always leave two
+    assert len({prompt for prompt, _, _ in examples}) == 8  # every view is a new prompt
+    views = bg.window_views(histories[0], 4, 0.75, seed=3)
+    assert views[0] == histories[0]  # the full window comes first
+    for view in views[1:]:
+        assert set(view.items) < set(histories[0].items)  # subsets, in the window's order
+        assert list(view.items) == [i for i in histories[0].items if i in view.items]
+    assert bg.window_views(histories[0], 4, 0.75, seed=3) == views  # seeded
+    assert bg.window_views(histories[0], 4, 0.75, seed=4) != views
+    assert bg.training_examples(histories, template) == bg.training_examples(
+        histories, template, views=1
+    )
+
+
 def test_tokenizer_round_trip_keeps_ids(tmp_path: Path, tokenizer, examples):
     from transformers import AutoTokenizer
 
