@@ -174,19 +174,24 @@ def _frame_rows(frame: pd.DataFrame) -> tuple[list[str], list[list[Any]]]:
 TRIAL_NOTE = (
     "The LLM recommender candidate on calibration users' targets (sentiment: like, neutral, "
     "dislike), beside the majority label of training users' targets and the offline "
-    "recommender fit on training users. It may serve only when its best accuracy beats the "
-    "majority label and is at least the offline recommender's."
+    "recommender fit on training users. Differences are paired, with 95% bootstrap intervals "
+    "over users. It may serve only when its best condition beats the majority label beyond "
+    "noise (lower bound above 0) and is at least as accurate as the offline recommender's best."
 )
 
 
 def _trial_parts(trial: pd.DataFrame) -> tuple[list[str], list[list[Any]], str]:
     from lettingo_dagster.evaluation.recommender_trial import decide
 
-    header = ["recommender", "profile", "targets", "accuracy", "macro-F1", "predicts"]
+    header = ["recommender", "profile", "targets", "accuracy", "macro-F1", "predicts",
+              "LLM's best minus this (points)"]  # fmt: skip
     rows = [
-        [r.recommender, r.profile, r.targets, f"{r.accuracy:.3f}", f"{r.macro_f1:.3f}", r.predicted]
+        [r.recommender, r.profile, r.targets, f"{r.accuracy:.3f}", f"{r.macro_f1:.3f}",
+         r.predicted,
+         format_interval(r.llm_minus_this, r.llm_minus_this_low, r.llm_minus_this_high,
+                         signed=True) if pd.notna(r.llm_minus_this) else "(the LLM's best)"]
         for r in trial.itertuples()
-    ]
+    ]  # fmt: skip
     return header, rows, decide(trial).verdict
 
 

@@ -3,6 +3,7 @@ world where the profile decides the label, and the serving rule."""
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import pytest
 from evaluation.offline.test_recommender import build_world
@@ -16,38 +17,59 @@ from lettingo_dagster.evaluation.recommender_trial import (
     TRIAL_COLUMNS,
     decide,
     first_users,
+    paired_accuracy_difference,
     run_trial,
 )
 
 
-def _trial(llm: float, majority: float, offline: float) -> pd.DataFrame:
+def _trial(
+    llm: float, majority: tuple[float, float, float], offline: tuple[float, float, float]
+) -> pd.DataFrame:
+    """A trial table: the LLM's best accuracy, and per other row the LLM's best minus it."""
+    rows = [
+        (MAJORITY, "none", llm - majority[0], majority),
+        (OFFLINE, "none", llm - offline[0] - 0.1, (offline[0] + 0.1, -1.0, 1.0)),
+        (OFFLINE, "genre_affinity", llm - offline[0], offline),
+        (LLM, "none", llm, (np.nan, np.nan, np.nan)),
+        (LLM, "genre_affinity", llm - 0.2, (0.2, 0.1, 0.3)),
+    ]
     return pd.DataFrame(
         [
-            {"recommender": MAJORITY, "profile": "none", "accuracy": majority},
-            {"recommender": OFFLINE, "profile": "none", "accuracy": offline - 0.1},
-            {"recommender": OFFLINE, "profile": "genre_affinity", "accuracy": offline},
-            {"recommender": LLM, "profile": "none", "accuracy": llm},
-            {"recommender": LLM, "profile": "genre_affinity", "accuracy": llm - 0.2},
+            {"recommender": r, "profile": p, "users": 20, "accuracy": a, "llm_minus_this": d[0],
+             "llm_minus_this_low": d[1], "llm_minus_this_high": d[2]}
+            for r, p, a, d in rows
         ]
-    )
+    )  # fmt: skip
 
 
 @pytest.mark.parametrize(
-    ("llm", "majority", "offline", "serves"),
+    ("majority", "offline", "serves", "why"),
     [
-        (0.80, 0.70, 0.75, True),  # beats both
-        (0.75, 0.70, 0.75, True),  # ties the offline recommender, beats the constant answer
-        (0.70, 0.70, 0.60, False),  # a constant answer's accuracy is not a recommender's
-        (0.74, 0.70, 0.75, False),  # worse than the recommender it would replace
+        ((0.10, 0.02, 0.18), (0.05, -0.02, 0.12), True, "beats the majority label beyond noise"),
+        ((0.10, 0.02, 0.18), (0.00, -0.08, 0.08), True, "matches the offline"),  # a tie serves
+        ((0.04, -0.02, 0.10), (0.15, 0.05, 0.25), False, "not shown to beat the majority"),
+        ((0.10, 0.02, 0.18), (-0.01, -0.09, 0.07), False, "less accurate than the offline"),
     ],
 )
-def test_the_serving_rule_takes_each_recommenders_best_accuracy(
-    llm: float, majority: float, offline: float, serves: bool
+def test_the_serving_rule_needs_the_majority_beaten_beyond_noise(
+    majority: tuple, offline: tuple, serves: bool, why: str
 ) -> None:
-    decision = decide(_trial(llm, majority, offline))
+    decision = decide(_trial(0.8, majority, offline))
     assert decision.serves is serves
-    assert (decision.llm, decision.majority, decision.offline) == (llm, majority, offline)
+    assert decision.versus_majority == majority and decision.versus_offline == offline
+    assert decision.llm == 0.8 and decision.users == 20
     assert ("may serve" if serves else "may not serve") in decision.verdict
+    assert why in decision.verdict
+
+
+def test_paired_difference_is_exact_and_resamples_users() -> None:
+    users = ["a"] * 4 + ["b"] * 4
+    truth = np.array([0, 0, 1, 1, 0, 0, 1, 1])
+    right, wrong = truth.copy(), (truth + 1) % 3
+    assert paired_accuracy_difference(users, truth, right, wrong) == (1.0, 1.0, 1.0)
+    half = np.where(np.array(users) == "a", truth, wrong)  # right for a, wrong for b
+    estimate, low, high = paired_accuracy_difference(users, truth, half, wrong)
+    assert estimate == 0.5 and low == 0.0 and high == 1.0  # a alone, b alone, or both
 
 
 def test_first_users_keeps_every_target_of_the_first_users() -> None:
@@ -82,7 +104,8 @@ def test_an_untrained_llm_may_not_serve_where_the_offline_recommender_reads_prof
         (LLM, "none"),
         (LLM, "genre_affinity"),
     ]
-    assert (trial["targets"] == len(calibration)).all()
+    assert (trial["targets"] == len(calibration)).all() and (trial["users"] == 6).all()
+    assert trial["llm_minus_this"].isna().sum() == 1  # every row but the LLM's best
     by = trial.set_index(["recommender", "profile"])["accuracy"]
     # The world's labels follow the genres a profile states; the offline head learns that.
     assert by[(OFFLINE, "genre_affinity")] > by[(MAJORITY, "none (always like)")]

@@ -133,3 +133,36 @@ def test_results_markdown_table_cells(sentiment_table, ranking_table):
     )
     assert format_interval(0.021, -0.003, 0.045, signed=True) == "+2.1 [-0.3, +4.5]"
     assert format_interval(float("nan"), 0, 0) == "n/a"
+
+
+def test_the_llm_recommender_trial_and_its_decision_are_shown(
+    sentiment_table, sentiment_parts, report_dir
+):
+    import pandas as pd
+
+    from lettingo_dagster.evaluation.recommender_trial import LLM, MAJORITY, OFFLINE
+
+    trial = pd.DataFrame(
+        [
+            {"recommender": MAJORITY, "profile": "none (always like)", "users": 20,
+             "targets": 200, "accuracy": 0.66, "macro_f1": 0.27, "predicted": "like 200",
+             "llm_minus_this": 0.04, "llm_minus_this_low": -0.03, "llm_minus_this_high": 0.11},
+            {"recommender": OFFLINE, "profile": "none", "users": 20, "targets": 200,
+             "accuracy": 0.62, "macro_f1": 0.45, "predicted": "like 150, dislike 50",
+             "llm_minus_this": 0.08, "llm_minus_this_low": 0.01, "llm_minus_this_high": 0.15},
+            {"recommender": LLM, "profile": "none", "users": 20, "targets": 200,
+             "accuracy": 0.70, "macro_f1": 0.30, "predicted": "like 190, neutral 10",
+             "llm_minus_this": float("nan"), "llm_minus_this_low": float("nan"),
+             "llm_minus_this_high": float("nan")},
+        ]
+    )  # fmt: skip
+    report = _report(sentiment_table, sentiment_parts, report_dir)
+    report.recommender_trial = trial
+    for text in (render_markdown(report), render_html(report)):
+        assert "May the LLM serve as the recommender?" in text
+        assert "+4.0 [-3.0, +11.0]" in text and "+8.0 [+1.0, +15.0]" in text
+        assert "(the LLM's best)" in text or "(the LLM&#x27;s best)" in text  # HTML escapes it
+        assert "may not serve (not shown to beat the majority label)" in text
+    assert "May the LLM serve" not in render_markdown(
+        _report(sentiment_table, sentiment_parts, report_dir)
+    )
