@@ -74,8 +74,12 @@ def missing_table_failure(error: duckdb.CatalogException) -> dg.Failure | None:
 def create_table_if_missing(
     con: duckdb.DuckDBPyConnection, table: str, columns: dict[str, str]
 ) -> None:
+    """Create `table`, or add the columns a newer version of the code writes to one an older
+    version made (the other datasets' rows get NULL there), so an upgrade keeps the warehouse."""
     column_sql = ", ".join(f'"{name}" {sql_type}' for name, sql_type in columns.items())
     con.execute(f"CREATE TABLE IF NOT EXISTS {table} ({column_sql})")
+    for name, sql_type in columns.items():
+        con.execute(f'ALTER TABLE {table} ADD COLUMN IF NOT EXISTS "{name}" {sql_type}')
 
 
 def replace_partition(

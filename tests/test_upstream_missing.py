@@ -23,6 +23,7 @@ READS = {
     "sampled_profiles": "task_samples",
     "item_knowledge": "interactions",
     "recommender": "task_samples",
+    "recommender_trial": "task_samples",
     "oracle_study": "task_samples",
     "reward_scores": "sampled_profiles",
     "preference_pairs": "reward_scores",
@@ -110,3 +111,23 @@ def test_the_warehouse_names_a_missing_table_read_anywhere(tmp_path: Path) -> No
     assert caught.value.__suppress_context__  # no DuckDB traceback under it
     with pytest.raises(duckdb.ParserException), warehouse.get_connection() as con:
         con.execute("SELEC 1")  # other errors pass through unchanged
+
+
+def test_a_table_from_an_older_version_gains_the_new_columns(tmp_path: Path) -> None:
+    """An upgrade that adds a column keeps the warehouse: old rows get NULL there, and the new
+    writer's rows land whole."""
+    import duckdb
+    import pandas as pd
+
+    from lettingo_dagster.storage import replace_partition_from_frame
+
+    with duckdb.connect(str(tmp_path / "warehouse.duckdb")) as con:
+        old = {"dataset": "VARCHAR", "user_id": "VARCHAR"}
+        replace_partition_from_frame(
+            con, "scores", "a", pd.DataFrame({"dataset": ["a"], "user_id": ["u1"]}), old
+        )
+        new = {**old, "score": "DOUBLE"}
+        frame = pd.DataFrame({"dataset": ["b"], "user_id": ["u2"], "score": [0.5]})
+        assert replace_partition_from_frame(con, "scores", "b", frame, new) == 1
+        rows = con.execute("SELECT * FROM scores ORDER BY dataset").fetchall()
+    assert rows == [("a", "u1", None), ("b", "u2", 0.5)]

@@ -180,13 +180,13 @@ def recommender_trial(
     preset = settings.load()
     dataset, trial = context.partition_key, preset.recommender.trial
     table = pd.DataFrame(columns=[c for c in TRIAL_COLUMNS if c != "dataset"])
+    with warehouse.get_connection() as con:
+        require_partition(con, ("task_samples", "items"), dataset)
+        train, calibration = (
+            load_target_examples(con, dataset, preset.task, (split,)) if trial else []
+            for split in ("train", "calibration")
+        )
     if trial is not None:
-        with warehouse.get_connection() as con:
-            require_partition(con, ("task_samples", "items"), dataset)
-            train, calibration = (
-                load_target_examples(con, dataset, preset.task, (split,))
-                for split in ("train", "calibration")
-            )
         model = build_model(trial.model, None, preset.compute.torch_threads)
         table = run_trial(
             LLMRecommender(model, trial.prompt_template),
