@@ -40,18 +40,22 @@ def upstream_missing(asset: str, dataset: str | None, why: str) -> dg.Failure:
     )
 
 
+def table_exists(con: duckdb.DuckDBPyConnection, table: str) -> bool:
+    (count,) = con.execute(
+        "SELECT count(*) FROM information_schema.tables "
+        "WHERE table_name = ? AND table_schema = current_schema()",
+        [table],
+    ).fetchone()
+    return bool(count)
+
+
 def require_partition(
     con: duckdb.DuckDBPyConnection, tables: str | Sequence[str], dataset: str
 ) -> None:
     """Fail the step with `upstream_missing` unless each of `tables` holds rows of `dataset`
     (for the tables in MAY_BE_EMPTY: unless it exists)."""
     for table in [tables] if isinstance(tables, str) else tables:
-        (exists,) = con.execute(
-            "SELECT count(*) FROM information_schema.tables "
-            "WHERE table_name = ? AND table_schema = current_schema()",
-            [table],
-        ).fetchone()
-        if not exists:
+        if not table_exists(con, table):
             raise upstream_missing(table, dataset, f"the warehouse has no {table} table")
         if table in MAY_BE_EMPTY:
             continue

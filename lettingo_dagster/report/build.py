@@ -33,6 +33,7 @@ from lettingo_dagster.folders import write_folder_atomically
 from lettingo_dagster.paths import reports_dir
 from lettingo_dagster.report import evaluation as ev
 from lettingo_dagster.settings import Preset
+from lettingo_dagster.storage import table_exists
 from lettingo_dagster.tracking import registered_model_name
 
 REPORT_TABLES = ("task_samples", "items", "heldout_profiles", "reward_scores")
@@ -76,11 +77,7 @@ def load_report_inputs(
 
 def _trial_rows(con: duckdb.DuckDBPyConnection, dataset: str) -> pd.DataFrame:
     """The recommender_trial rows; none before that optional asset ever ran (no table)."""
-    (exists,) = con.execute(
-        "SELECT count(*) FROM information_schema.tables WHERE table_name = 'recommender_trial' "
-        "AND table_schema = current_schema()"
-    ).fetchone()
-    if not exists:
+    if not table_exists(con, "recommender_trial"):
         return pd.DataFrame()
     return con.execute(
         "SELECT * EXCLUDE (dataset) FROM recommender_trial WHERE dataset = ?", [dataset]
