@@ -2,8 +2,8 @@
 runs for two dataset partitions at once, each launched by its own process as two users (or a
 backfill) would, on the local instance the project's dagster.yaml configures. Each run's writer
 step goes through the real `Warehouse` resource and `replace_partition_from_frame`, and holds
-the warehouse until the other run is ready to write too, so the second writer can only have
-waited because of the `warehouse` pool. The writers must not overlap, the waiting one must say
+the warehouse until the other run's writer has been blocked by the `warehouse` pool, so the
+second writer can only have waited because of the pool. The writers must not overlap, the waiting one must say
 it was blocked by the pool, and each partition's rows must all be there, none of the other's.
 
 The team deployment keeps the same pool in PostgreSQL; the slow stack test
@@ -35,8 +35,6 @@ def _marks() -> Path:
 @dg.asset(partitions_def=partitions)
 def staged(context: dg.AssetExecutionContext) -> None:
     """Not in a pool: both runs get here whatever the other is doing."""
-    _marks().mkdir(parents=True, exist_ok=True)
-    (_marks() / f"staged-{context.partition_key}").write_text(str(time.time()))
 
 
 @dg.asset(partitions_def=partitions, deps=[staged], pool=POOL_WAREHOUSE)
@@ -59,13 +57,33 @@ def written(context: dg.AssetExecutionContext) -> None:
     with Warehouse().get_connection() as con:
         started = time.time()
         replace_partition_from_frame(con, "written", dataset, frame, columns)
-        # Hold the warehouse until the other run has staged: from then on it is ready to write.
+        # Hold the warehouse until the other run's writer has been turned away by the pool (or
+        # has already written): a fixed hold raced the other run's step launch on a busy machine.
         deadline = time.monotonic() + WAIT_FOR_THE_OTHER_S
-        while not (_marks() / f"staged-{other}").exists() and time.monotonic() < deadline:
+        while (
+            not _other_is_done_or_blocked(context.instance, other) and time.monotonic() < deadline
+        ):
             time.sleep(0.1)
-        time.sleep(0.5)
         ended = time.time()
+    _marks().mkdir(parents=True, exist_ok=True)
     (_marks() / f"wrote-{dataset}").write_text(json.dumps([started, ended]))
+
+
+def _blocked_messages(instance: dg.DagsterInstance, run_id: str) -> list[str]:
+    return [
+        record.dagster_event.message
+        for record in instance.all_logs(run_id)
+        if record.dagster_event
+        and record.dagster_event.step_key == "written"
+        and "blocked by limit for pool" in (record.dagster_event.message or "")
+    ]
+
+
+def _other_is_done_or_blocked(instance: dg.DagsterInstance, other: str) -> bool:
+    if (_marks() / f"wrote-{other}").exists():
+        return True
+    runs = instance.get_runs(dg.RunsFilter(job_name="writers", tags={"dagster/partition": other}))
+    return any(_blocked_messages(instance, run.run_id) for run in runs)
 
 
 writers_job = dg.define_asset_job("writers", selection=[staged, written], partitions_def=partitions)
@@ -120,13 +138,7 @@ def test_two_runs_at_once_write_the_warehouse_one_at_a_time(fresh_home: Path, mo
 
     with dg.DagsterInstance.get() as instance:
         blocked = {
-            run.tags["dagster/partition"]: [
-                record.dagster_event.message
-                for record in instance.all_logs(run.run_id)
-                if record.dagster_event
-                and record.dagster_event.step_key == "written"
-                and "blocked by limit for pool" in (record.dagster_event.message or "")
-            ]
+            run.tags["dagster/partition"]: _blocked_messages(instance, run.run_id)
             for run in instance.get_runs(dg.RunsFilter(job_name="writers"))
         }
     assert set(blocked) == set(PARTITIONS)
