@@ -189,6 +189,16 @@ class BaseGeneratorSettings(_Section):
     view_keep: float = Field(
         0.75, gt=0, le=1, description="Share of the long window's items a subset view keeps."
     )
+    permute_genres: bool = Field(
+        False,
+        description="Rename the genres of every subset view by a seeded permutation, so the "
+        "generator must copy genres from its prompt instead of learning which are common.",
+    )
+    genre_figures: bool = Field(
+        True,
+        description="false: pretrain on genre_affinity without each genre's count and mean "
+        "(a profile of genre names, which a small model learns to copy from a digest).",
+    )
     seed: int = Field(0, description="Seed of initialization, data order and window views.")
 
     @model_validator(mode="after")

@@ -20,7 +20,7 @@ import math
 import random
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -53,21 +53,41 @@ REPORT_FILE = "pretrain_report.json"
 # --------------------------------------------------------------------------- data
 
 
-def window_views(history: UserHistory, views: int, keep: float, seed: int) -> list[UserHistory]:
+def window_views(
+    history: UserHistory,
+    views: int,
+    keep: float,
+    seed: int,
+    genre_names: Sequence[str] = (),
+) -> list[UserHistory]:
     """The long window itself, then `views - 1` seeded subsets of it (each item kept with
     probability `keep`, order kept): more distinct prompts, with their own statistics and
-    profiles, for a small model to learn reading from, at no cost to the data."""
+    profiles, for a small model to learn reading from, at no cost to the data.
+
+    With `genre_names`, each subset also gets those genres renamed by a seeded permutation of
+    them. A small model otherwise learns which genres its training users tend to like instead
+    of reading them from the prompt; with the names shuffled, copying is the only way to fit.
+    """
     from lettingo_dagster.data.samples import stable_unit_hash
 
+    names = sorted(set(genre_names))
     out = [history]
     for view in range(1, views):
+        key = f"{history.user_id}:view {view}"
         kept = tuple(
             item
             for index, item in enumerate(history.items)
-            if stable_unit_hash(seed, f"{history.user_id}:view {view}:item {index}") < keep
+            if stable_unit_hash(seed, f"{key}:item {index}") < keep
         )
-        if len(kept) >= 2:
-            out.append(UserHistory(history.user_id, history.split, kept))
+        if len(kept) < 2:
+            continue
+        if names:
+            shuffled = sorted(names, key=lambda name: stable_unit_hash(seed, f"{key}:genre {name}"))
+            renamed = dict(zip(names, shuffled, strict=True))
+            kept = tuple(
+                replace(item, genres=tuple(renamed.get(g, g) for g in item.genres)) for item in kept
+            )
+        out.append(UserHistory(history.user_id, history.split, kept))
     return out
 
 
@@ -78,19 +98,30 @@ def training_examples(
     views: int = 1,
     view_keep: float = 0.75,
     seed: int = 0,
+    *,
+    permute_genres: bool = False,
+    genre_figures: bool = True,
 ) -> list[tuple[ChatPrompt, str, str]]:
     """(prompt, profile, style) for every writer style (or those in `styles`) of every history,
-    and of `views - 1` subsets of each (`window_views`).
+    and of `views - 1` subsets of each (`window_views`, their genres renamed with
+    `permute_genres`); `genre_figures=False` trains on genre_affinity's brief form.
 
     Prompts are rendered with the generator's special tokens defused, exactly as they are at
     sampling time; profiles are sanitized the same way, so a title seen in the prompt is the
     title the profile repeats, and no profile can contain the end-of-sequence marker.
     """
+    genre_names = (
+        sorted({g for h in histories for item in h.items for g in item.genres})
+        if permute_genres
+        else ()
+    )
+    chosen = tuple(styles) if styles else None
     examples: list[tuple[ChatPrompt, str, str]] = []
     for history in histories:
-        for view in window_views(history, views, view_keep, seed):
+        for view in window_views(history, views, view_keep, seed, genre_names):
             prompt = template.render(view, SPECIAL_TOKENS)
-            for style, profile in write_profiles(view, tuple(styles) if styles else None).items():
+            profiles = write_profiles(view, chosen, genre_figures=genre_figures)
+            for style, profile in profiles.items():
                 examples.append((prompt, sanitize_field(profile, SPECIAL_TOKENS), style))
     return examples
 

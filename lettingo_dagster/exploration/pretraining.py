@@ -59,6 +59,7 @@ def train_or_reuse(
     examples = training_examples(
         train, load_template(config.prompt_template), config.styles,
         config.window_views, config.view_keep, config.seed,
+        permute_genres=config.permute_genres, genre_figures=config.genre_figures,
     )  # fmt: skip
     version = hashlib.sha256(
         json.dumps(
@@ -96,7 +97,7 @@ def samples_markdown(preset: Preset, outcome: BaseGeneratorOutcome, users: int =
     shown = sample_examples(
         outcome.folder, shown_users, template, users, preset.exploration.explorers[0].decoding
     )
-    writer_reference = [genre_affinity(h) for h in shown_users]
+    writer_reference = [genre_affinity(h, preset.base_generator.genre_figures) for h in shown_users]
     return "\n\n".join(
         f"**user {h.user_id}**\n\n- sample: {sample}\n- writer (genre_affinity): {reference}"
         for h, (_, sample), reference in zip(shown_users, shown, writer_reference, strict=True)

@@ -12,6 +12,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from statistics import mean
 
 import yaml
 
@@ -21,6 +22,7 @@ from lettingo_dagster.models.base import ChatPrompt
 from lettingo_dagster.paths import ASSETS_DIR
 
 PROMPTS_DIR = ASSETS_DIR / "prompts"
+USER_PLACEHOLDERS = {"count", "history", "genres", "best_genres", "worst_genres", "average"}
 
 # Markers of common chat templates (ChatML, Llama 2/3, Gemma, Mistral) and tokenizer specials.
 _MARKERS = re.compile(
@@ -77,6 +79,22 @@ def render_genre_digest(history: UserHistory, special_tokens: tuple[str, ...] = 
     )
 
 
+# How many genres `{best_genres}` and `{worst_genres}` name.
+GENRE_EXTREMES = 4
+
+
+def render_genre_extremes(
+    history: UserHistory, special_tokens: tuple[str, ...] = ()
+) -> tuple[str, str]:
+    """The names of the window's best rated genres, best first, and of its worst rated, worst
+    first ("Comedy, Fantasy, Animation, Thriller"), GENRE_EXTREMES of each: the genres a taste
+    profile names, in the order it names them, so that a small model only has to copy them."""
+    names = [sanitize_field(genre, special_tokens) for genre, _, _ in genre_stats(history)]
+    if not names:
+        return "too few items per genre", "too few items per genre"
+    return ", ".join(names[:GENRE_EXTREMES]), ", ".join(names[::-1][:GENRE_EXTREMES])
+
+
 @dataclass(frozen=True)
 class PromptTemplate:
     name: str
@@ -87,11 +105,22 @@ class PromptTemplate:
     def render(self, history: UserHistory, special_tokens: Iterable[str] = ()) -> ChatPrompt:
         specials = tuple(special_tokens)
         lines = [render_item_line(self.item_line, item, specials) for item in history.items]
-        # The digest is only computed for a template that shows it.
+        # The digests are only computed for a template that shows them.
         digest = render_genre_digest(history, specials) if "{genres}" in self.user else ""
+        best, worst = (
+            render_genre_extremes(history, specials) if "_genres}" in self.user else ("", "")
+        )
+        average = mean(item.rating for item in history.items) if history.items else 0.0
         return ChatPrompt(
             system=self.system,
-            user=self.user.format(count=len(lines), history="\n".join(lines), genres=digest),
+            user=self.user.format(
+                count=len(lines),
+                history="\n".join(lines),
+                genres=digest,
+                best_genres=best,
+                worst_genres=worst,
+                average=f"{average:.1f}",
+            ),
         )
 
 
@@ -113,7 +142,7 @@ def load_template(name: str = "exploration", prompts_dir: Path = PROMPTS_DIR) ->
     missing = [part for part in ("user", "item_line") if not raw.get(part)]
     if missing:
         raise PromptError(f"{path}: missing {', '.join(missing)}")
-    _check_placeholders(path, "user", raw["user"], {"count", "history", "genres"})
+    _check_placeholders(path, "user", raw["user"], USER_PLACEHOLDERS)
     _check_placeholders(
         path, "item_line", raw["item_line"], {"title", "year", "genres", "sentiment", "rating"}
     )

@@ -36,12 +36,18 @@ def genre_stats(history: UserHistory) -> list[tuple[str, int, float]]:
     return sorted(stats, key=lambda s: (-s[2], -s[1], s[0]))
 
 
-def _list_genres(stats: list[tuple[str, int, float]]) -> str:
-    parts = [f"{genre} ({count} rated, avg {_fmt(avg)})" for genre, count, avg in stats]
+def _list_genres(stats: list[tuple[str, int, float]], figures: bool = True) -> str:
+    parts = [
+        f"{genre} ({count} rated, avg {_fmt(avg)})" if figures else genre
+        for genre, count, avg in stats
+    ]
     return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
 
 
-def genre_affinity(history: UserHistory) -> str:
+def genre_affinity(history: UserHistory, figures: bool = True) -> str:
+    """Liked, neutral and disliked genres against the user's overall average. Without
+    `figures`, the genres are named without their counts and means: the brief form a small
+    generator learns to copy from a genre digest (base_generator.genre_figures)."""
     stats = genre_stats(history)
     overall = mean(item.rating for item in history.items)
     if not stats:
@@ -51,11 +57,11 @@ def genre_affinity(history: UserHistory) -> str:
     neutral = [s for s in stats if s not in liked and s not in disliked][:2]
     sentences = []
     if liked:
-        sentences.append(f"Enjoys {_list_genres(liked)}.")
+        sentences.append(f"Enjoys {_list_genres(liked, figures)}.")
     if neutral:
-        sentences.append(f"Close to their average on {_list_genres(neutral)}.")
+        sentences.append(f"Close to their average on {_list_genres(neutral, figures)}.")
     if disliked:
-        sentences.append(f"Tends to dislike {_list_genres(disliked)}.")
+        sentences.append(f"Tends to dislike {_list_genres(disliked, figures)}.")
     if not liked and not disliked:
         sentences.append("Rates all genres about the same.")
     return "Genre affinity: " + " ".join(sentences) + f" Overall average {_fmt(overall)}."
@@ -186,10 +192,18 @@ WRITERS: dict[str, Callable[[UserHistory], str]] = {
 }
 
 
-def write_profiles(history: UserHistory, styles: tuple[str, ...] | None = None) -> dict[str, str]:
-    """One profile per style (all styles by default)."""
+def write_profiles(
+    history: UserHistory, styles: tuple[str, ...] | None = None, *, genre_figures: bool = True
+) -> dict[str, str]:
+    """One profile per style (all styles by default); `genre_figures=False` writes
+    genre_affinity in its brief form."""
     chosen = styles or tuple(WRITERS)
     unknown = [style for style in chosen if style not in WRITERS]
     if unknown:
         raise ValueError(f"unknown writer style(s) {unknown}; known: {', '.join(WRITERS)}")
-    return {style: WRITERS[style](history) for style in chosen}
+    return {
+        style: genre_affinity(history, genre_figures)
+        if style == "genre_affinity"
+        else WRITERS[style](history)
+        for style in chosen
+    }

@@ -71,6 +71,39 @@ def test_window_views_add_seeded_subsets_with_their_own_prompts_and_profiles(tem
     )
 
 
+def test_permuted_views_rename_genres_consistently_and_keep_the_first_window(template):
+    (history,) = genre_lover_histories(1, 30, seed=5)
+    names = sorted({g for item in history.items for g in item.genres} | {"Western"})
+    views = bg.window_views(history, 6, 0.75, seed=3, genre_names=names)
+    assert views[0] == history  # the user's own window is never renamed
+    plain = bg.window_views(history, 6, 0.75, seed=3)
+    renamed_any = False
+    for view, same_items in zip(views[1:], plain[1:], strict=True):
+        assert [i.item_id for i in view.items] == [i.item_id for i in same_items.items]
+        # One permutation per view: every occurrence of a genre gets the same new name.
+        mapping: dict[str, str] = {}
+        for new, old in zip(view.items, same_items.items, strict=True):
+            assert len(new.genres) == len(old.genres)
+            for g_new, g_old in zip(new.genres, old.genres, strict=True):
+                assert mapping.setdefault(g_old, g_new) == g_new
+                assert g_new in names
+        assert len(set(mapping.values())) == len(mapping)  # a permutation, not a merge
+        renamed_any |= any(k != v for k, v in mapping.items())
+    assert renamed_any
+    assert bg.window_views(history, 6, 0.75, seed=3, genre_names=names) == views  # seeded
+
+    taste = load_template("exploration_taste")
+    examples = bg.training_examples(
+        [history], taste, ("genre_affinity",), views=6, seed=3,
+        permute_genres=True, genre_figures=False,
+    )  # fmt: skip
+    for prompt, profile, _ in examples:
+        best = prompt.user.split("Best rated: ", 1)[1].split(",")[0].split(".")[0]
+        # The brief profile names the prompt's best genre first, whatever it was renamed to.
+        assert profile.startswith(f"Genre affinity: Enjoys {best}")
+        assert "rated, avg" not in profile
+
+
 def test_tokenizer_round_trip_keeps_ids(tmp_path: Path, tokenizer, examples):
     from transformers import AutoTokenizer
 

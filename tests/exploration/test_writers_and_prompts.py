@@ -78,6 +78,34 @@ def test_digest_prompt_ranks_genres_by_mean_rating_without_item_lines() -> None:
     )
 
 
+def test_taste_prompt_names_the_best_and_worst_genres_in_the_order_a_brief_profile_does() -> None:
+    prompt = load_template("exploration_taste").render(HORROR_FAN)
+    # Horror 5.0, Comedy 3.0, then Drama and Romance 1.0 (ties by count, then name); the mean
+    # rating is (6*5 + 5*1 + 4*3) / 15 = 3.1.
+    assert prompt.user.splitlines()[0] == (
+        "15 rated items, average 3.1. Best rated: Horror, Comedy, Drama, Romance. "
+        "Worst rated: Romance, Drama, Comedy, Horror."
+    )
+    assert "Scream" not in prompt.user
+    brief = write_profiles(HORROR_FAN, ("genre_affinity",), genre_figures=False)
+    assert brief["genre_affinity"] == (
+        "Genre affinity: Enjoys Horror. Close to their average on Comedy. "
+        "Tends to dislike Romance and Drama. Overall average 3.1."
+    )
+    # The full form is the same sentences with each genre's count and mean.
+    full = write_profiles(HORROR_FAN, ("genre_affinity",))["genre_affinity"]
+    assert full.startswith("Genre affinity: Enjoys Horror (6 rated, avg 5.0).")
+    assert write_profiles(HORROR_FAN, ("favourites",), genre_figures=False) == write_profiles(
+        HORROR_FAN, ("favourites",)
+    )  # only genre_affinity has a brief form
+
+
+def test_taste_prompt_of_a_window_without_repeated_genres_says_so() -> None:
+    sparse = UserHistory("u2", "train", (_item(1, "A", ("Horror",), 5), _item(2, "B", ("War",), 1)))
+    user = load_template("exploration_taste").render(sparse).user
+    assert "Best rated: too few items per genre." in user and "average 3.0" in user
+
+
 @pytest.mark.parametrize(
     "title",
     [
