@@ -107,10 +107,13 @@ class PromptTemplate:
         lines = [render_item_line(self.item_line, item, specials) for item in history.items]
         # The digests are only computed for a template that shows them.
         digest = render_genre_digest(history, specials) if "{genres}" in self.user else ""
-        best, worst = (
-            render_genre_extremes(history, specials) if "_genres}" in self.user else ("", "")
+        shows_extremes = "{best_genres}" in self.user or "{worst_genres}" in self.user
+        best, worst = render_genre_extremes(history, specials) if shows_extremes else ("", "")
+        average = (
+            mean(item.rating for item in history.items)
+            if "{average}" in self.user and history.items
+            else 0.0
         )
-        average = mean(item.rating for item in history.items) if history.items else 0.0
         return ChatPrompt(
             system=self.system,
             user=self.user.format(
