@@ -27,10 +27,13 @@ from lettingo_dagster.constants import TargetProtocol
 from lettingo_dagster.paths import PRESETS_DIR, expand_home
 
 DEFAULT_PRESET = "default"
-# The deterministic writers' styles (lettingo_dagster.exploration.writers.WRITERS).
-WRITER_STYLES = (
+# The deterministic writers' styles (lettingo_dagster.exploration.writers.WRITERS); a writers
+# explorer without `styles` writes the default ones. genre_share, another reading of the genres
+# than genre_affinity's, is written only where a preset names it (the planted world's).
+DEFAULT_WRITER_STYLES = (
     "genre_affinity", "eras", "rating_tendency", "favourites", "palr_keywords", "rlmrec_summary",
 )  # fmt: skip
+WRITER_STYLES = (*DEFAULT_WRITER_STYLES, "genre_share")
 
 
 def check_styles(styles: Sequence[str]) -> None:
@@ -177,7 +180,7 @@ class BaseGeneratorSettings(_Section):
         None, ge=1, description="Pretrain on at most this many training users (null: all)."
     )
     styles: list[str] | None = Field(
-        None, description="Writer styles to pretrain on (null: all six)."
+        None, description="Writer styles to pretrain on (null: the six default ones)."
     )
     window_views: int = Field(
         1,
@@ -198,6 +201,13 @@ class BaseGeneratorSettings(_Section):
         True,
         description="false: pretrain on genre_affinity without each genre's count and mean "
         "(a profile of genre names, which a small model learns to copy from a digest).",
+    )
+    prompt_loss: bool = Field(
+        False,
+        description="Train on the prompt's tokens as well as the profile's (language modelling "
+        "of the whole sequence, so the loss it reports covers both): more signal from the same "
+        "forward passes. On the planted world the generator then learns to copy genre names "
+        "from its prompt within budget, where on profiles alone it often did not.",
     )
     seed: int = Field(0, description="Seed of initialization, data order and window views.")
 
@@ -220,7 +230,9 @@ class ExplorerSettings(_Section):
     samples_per_user: int = Field(
         1, ge=1, le=64, description="Candidates per user (writers: per style)."
     )
-    styles: list[str] | None = Field(None, description="Writer styles (writers only; null: all).")
+    styles: list[str] | None = Field(
+        None, description="Writer styles (writers only; null: the six default ones)."
+    )
     prompt_template: str | None = Field(
         None,
         description="Template under assets/prompts/ (default: the base generator's for "
@@ -511,6 +523,15 @@ class DpoSettings(_Section):
     beta: float = Field(0.1, gt=0, le=10, description="DPO beta: strength of the KL anchor.")
     loss_type: Literal["sigmoid", "hinge", "ipo", "robust", "bco_pair", "sppo_hard", "nca_pair"] = (
         Field("sigmoid", description="TRL loss type (sigmoid is the paper's DPO loss).")
+    )
+    sft_weight: float = Field(
+        0.0,
+        ge=0,
+        le=100,
+        description="Weight of a negative log-likelihood term on each pair's chosen profile, "
+        "added to the DPO loss (TRL's 'sft' loss; DPO+NLL, as in RPO). It pulls the policy "
+        "towards the profiles the recommender rewarded, not only away from the rejected ones; "
+        "0: plain DPO.",
     )
     learning_rate: float = Field(1e-3, gt=0, le=1, description="Peak learning rate.")
     epochs: float = Field(1, gt=0, le=100, description="Epochs over the training pairs.")

@@ -236,6 +236,14 @@ def _heldout_metrics(metrics: dict[str, float]) -> dict[str, float]:
     return {k.removeprefix("eval_"): float(v) for k, v in metrics.items() if k.startswith("eval_")}
 
 
+def dpo_losses(loss_type: str, sft_weight: float) -> dict[str, Any]:
+    """TRL's loss arguments: the preference loss alone, or with the chosen profiles' NLL added
+    at `sft_weight` (TRL combines a list of losses with their weights)."""
+    if sft_weight <= 0:
+        return {"loss_type": [loss_type]}
+    return {"loss_type": [loss_type, "sft"], "loss_weights": [1.0, float(sft_weight)]}
+
+
 def train_dpo(
     job: DpoJob,
     *,
@@ -302,7 +310,7 @@ def _train(
     config = DPOConfig(
         output_dir=str(checkpoints),
         beta=settings["beta"],
-        loss_type=[settings["loss_type"]],
+        **dpo_losses(settings["loss_type"], settings.get("sft_weight", 0.0)),
         learning_rate=settings["learning_rate"],
         num_train_epochs=settings["epochs"],
         per_device_train_batch_size=settings["batch_size"],

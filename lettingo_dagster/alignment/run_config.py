@@ -11,6 +11,9 @@ class DpoRunConfig(dg.Config):
 
     beta: float | None = Field(None, description="DPO beta (KL anchor strength).")
     loss_type: str | None = Field(None, description="TRL loss type, e.g. sigmoid, ipo, hinge.")
+    sft_weight: float | None = Field(
+        None, description="Weight of the NLL term on chosen profiles (0: plain DPO)."
+    )
     learning_rate: float | None = Field(None, description="Peak learning rate.")
     epochs: float | None = Field(None, description="Epochs over the training pairs.")
     batch_size: int | None = Field(None, description="Pairs per step and process.")

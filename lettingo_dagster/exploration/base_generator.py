@@ -264,9 +264,10 @@ def encode_example(
     return list(prompt_ids), list(completion)
 
 
-def _collate(groups: Sequence[_Group], pad_id: int) -> _Batch:
+def _collate(groups: Sequence[_Group], pad_id: int, prompt_loss: bool = False) -> _Batch:
     """Right-padded packed rows: segment 0 is the prompt (causal), segment k its k-th completion,
-    which sees the prompt and itself (causal) with positions continuing from the prompt."""
+    which sees the prompt and itself (causal) with positions continuing from the prompt.
+    Labels are the completions' tokens, and with `prompt_loss` the prompt's own tokens too."""
     import torch
 
     width = max(group.length for group in groups)
@@ -280,6 +281,9 @@ def _collate(groups: Sequence[_Group], pad_id: int) -> _Batch:
         ids[row, :p] = torch.tensor(group.prompt)
         positions[row, :p] = torch.arange(p)
         segments[row, :p] = 0
+        if prompt_loss:  # prompt token i+1 from position i: plain language modelling
+            sources.extend((row, i) for i in range(p - 1))
+            labels.extend(group.prompt[1:])
         offset = p
         for k, completion in enumerate(group.completions, start=1):
             inputs = completion[:-1]
@@ -489,7 +493,9 @@ def pretrain(
             for groups_in_batch in _make_batches(groups, settings.batch_size, rng):
                 if step >= total_steps:
                     break
-                batch = _collate(groups_in_batch, tokenizer.pad_token_id).to(target)
+                batch = _collate(groups_in_batch, tokenizer.pad_token_id, settings.prompt_loss).to(
+                    target
+                )
                 autocast = (
                     torch.autocast(target.type, dtype=torch.bfloat16)
                     if use_bf16

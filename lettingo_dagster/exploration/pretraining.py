@@ -15,7 +15,7 @@ import pandas as pd
 
 from lettingo_dagster.exploration.history import UserHistory
 from lettingo_dagster.exploration.prompts import load_template
-from lettingo_dagster.exploration.writers import genre_affinity
+from lettingo_dagster.exploration.writers import write_profiles
 from lettingo_dagster.folders import write_folder_atomically
 from lettingo_dagster.paths import models_dir
 from lettingo_dagster.settings import Preset
@@ -88,17 +88,20 @@ def train_or_reuse(
 
 
 def samples_markdown(preset: Preset, outcome: BaseGeneratorOutcome, users: int = 3) -> str:
-    """A sample of the trained generator for a few training users, beside the genre_affinity
-    writer's profile, as Markdown."""
+    """A sample of the trained generator for a few training users, beside the profiles of the
+    writer styles it was pretrained on (genre_affinity when it names none), as Markdown."""
     from lettingo_dagster.exploration.base_generator import sample_examples
 
+    settings = preset.base_generator
     shown_users = outcome.train[:users]
-    template = load_template(preset.base_generator.prompt_template)
+    template = load_template(settings.prompt_template)
     shown = sample_examples(
         outcome.folder, shown_users, template, users, preset.exploration.explorers[0].decoding
     )
-    writer_reference = [genre_affinity(h, preset.base_generator.genre_figures) for h in shown_users]
-    return "\n\n".join(
-        f"**user {h.user_id}**\n\n- sample: {sample}\n- writer (genre_affinity): {reference}"
-        for h, (_, sample), reference in zip(shown_users, shown, writer_reference, strict=True)
-    )
+    styles = tuple(settings.styles or ("genre_affinity",))
+    blocks = []
+    for history, (_, sample) in zip(shown_users, shown, strict=True):
+        writers = write_profiles(history, styles, genre_figures=settings.genre_figures)
+        lines = [f"- writer ({style}): {text}" for style, text in writers.items()]
+        blocks.append("\n".join([f"**user {history.user_id}**\n", f"- sample: {sample}", *lines]))
+    return "\n\n".join(blocks)

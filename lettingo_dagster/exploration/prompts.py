@@ -17,12 +17,14 @@ from statistics import mean
 import yaml
 
 from lettingo_dagster.exploration.history import RatedItem, UserHistory
-from lettingo_dagster.exploration.writers import genre_stats
+from lettingo_dagster.exploration.writers import frequent_genres, genre_stats
 from lettingo_dagster.models.base import ChatPrompt
 from lettingo_dagster.paths import ASSETS_DIR
 
 PROMPTS_DIR = ASSETS_DIR / "prompts"
-USER_PLACEHOLDERS = {"count", "history", "genres", "best_genres", "worst_genres", "average"}
+USER_PLACEHOLDERS = {
+    "count", "history", "genres", "best_genres", "worst_genres", "frequent_genres", "average",
+}  # fmt: skip
 
 # Markers of common chat templates (ChatML, Llama 2/3, Gemma, Mistral) and tokenizer specials.
 _MARKERS = re.compile(
@@ -95,6 +97,12 @@ def render_genre_extremes(
     return ", ".join(names[:GENRE_EXTREMES]), ", ".join(names[::-1][:GENRE_EXTREMES])
 
 
+def render_frequent_genres(history: UserHistory, special_tokens: tuple[str, ...] = ()) -> str:
+    """The names of the window's most rated genres, most first, GENRE_EXTREMES of them."""
+    names = [sanitize_field(genre, special_tokens) for genre, _, _ in frequent_genres(history)]
+    return ", ".join(names[:GENRE_EXTREMES]) if names else "too few items per genre"
+
+
 @dataclass(frozen=True)
 class PromptTemplate:
     name: str
@@ -109,6 +117,9 @@ class PromptTemplate:
         digest = render_genre_digest(history, specials) if "{genres}" in self.user else ""
         shows_extremes = "{best_genres}" in self.user or "{worst_genres}" in self.user
         best, worst = render_genre_extremes(history, specials) if shows_extremes else ("", "")
+        frequent = (
+            render_frequent_genres(history, specials) if "{frequent_genres}" in self.user else ""
+        )
         average = (
             mean(item.rating for item in history.items)
             if "{average}" in self.user and history.items
@@ -122,6 +133,7 @@ class PromptTemplate:
                 genres=digest,
                 best_genres=best,
                 worst_genres=worst,
+                frequent_genres=frequent,
                 average=f"{average:.1f}",
             ),
         )

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from statistics import mean
 
 from lettingo_dagster.exploration.history import RatedItem, UserHistory
+from lettingo_dagster.settings import DEFAULT_WRITER_STYLES
 
 MIN_GENRE_ITEMS = 2
 
@@ -65,6 +66,33 @@ def genre_affinity(history: UserHistory, figures: bool = True) -> str:
     if not liked and not disliked:
         sentences.append("Rates all genres about the same.")
     return "Genre affinity: " + " ".join(sentences) + f" Overall average {_fmt(overall)}."
+
+
+def frequent_genres(history: UserHistory) -> list[tuple[str, int, float]]:
+    """(genre, items, mean rating) for the genres with enough items that the user rates at
+    least at their average, most rated first (ties: the better rated first)."""
+    overall = mean(item.rating for item in history.items) if history.items else 0.0
+    return sorted(
+        (s for s in genre_stats(history) if s[2] >= overall), key=lambda s: (-s[1], -s[2], s[0])
+    )
+
+
+def genre_share(history: UserHistory) -> str:
+    """Another reading of the window than genre_affinity's, in the same words: as liked, the
+    genres the user rates most often among those rated at least at their average (how much of
+    the window a genre takes, which a few high ratings of a rare genre cannot top); as
+    disliked, the worst rated. Genre names only, like genre_affinity's brief form. Which
+    reading predicts a user better depends on the data; the recommender's reward says which."""
+    stats = genre_stats(history)
+    overall = mean(item.rating for item in history.items)
+    if not stats:
+        return f"Genre share: too few items per genre to tell; average rating {_fmt(overall)}."
+    liked = frequent_genres(history)[:3]
+    disliked = [s for s in reversed(stats) if s[2] <= overall - 0.3][:3]
+    sentences = [f"Mostly watches and enjoys {_list_genres(liked, figures=False)}."]
+    if disliked:
+        sentences.append(f"Tends to dislike {_list_genres(disliked, figures=False)}.")
+    return "Genre share: " + " ".join(sentences) + f" Overall average {_fmt(overall)}."
 
 
 def eras(history: UserHistory) -> str:
@@ -189,15 +217,16 @@ WRITERS: dict[str, Callable[[UserHistory], str]] = {
     "favourites": favourites,
     "palr_keywords": palr_keywords,
     "rlmrec_summary": rlmrec_summary,
+    "genre_share": genre_share,
 }
 
 
 def write_profiles(
     history: UserHistory, styles: tuple[str, ...] | None = None, *, genre_figures: bool = True
 ) -> dict[str, str]:
-    """One profile per style (all styles by default); `genre_figures=False` writes
+    """One profile per style (the default styles unless named); `genre_figures=False` writes
     genre_affinity in its brief form."""
-    chosen = styles or tuple(WRITERS)
+    chosen = styles or DEFAULT_WRITER_STYLES
     unknown = [style for style in chosen if style not in WRITERS]
     if unknown:
         raise ValueError(f"unknown writer style(s) {unknown}; known: {', '.join(WRITERS)}")

@@ -32,7 +32,7 @@ from lettingo_dagster.evaluation.recommender_trial import decide
 from lettingo_dagster.folders import write_folder_atomically
 from lettingo_dagster.paths import reports_dir
 from lettingo_dagster.report import evaluation as ev
-from lettingo_dagster.settings import Preset
+from lettingo_dagster.settings import DEFAULT_WRITER_STYLES, Preset
 from lettingo_dagster.storage import table_exists
 from lettingo_dagster.tracking import registered_model_name
 
@@ -94,6 +94,17 @@ def sanity_baselines(knowledge_dir: str, preset: Preset) -> dict[str, Recommende
         ev.POPULARITY: PopularityRecommender(knowledge, preset.task),
         ev.ITEM_KNN: ItemKnnRecommender(knowledge, preset.task),
     }
+
+
+def style_mix_styles(preset: Preset) -> tuple[str, ...]:
+    """The writer styles a generated profile is matched against in the style mix: the default
+    ones plus any other the preset's generator or writers use (genre_share on the planted
+    world), so a generator that learned such a style is not counted as unassigned."""
+    named = [
+        *(preset.base_generator.styles or ()),
+        *(s for e in preset.exploration.explorers if e.kind == "writers" for s in e.styles or ()),
+    ]
+    return tuple(dict.fromkeys([*DEFAULT_WRITER_STYLES, *named]))
 
 
 def planted_truth(dataset: str) -> dict | None:
@@ -198,7 +209,12 @@ def compute_figures(
         ev.paired_differences(outputs, ev.ORACLE_CEILING, ev.RECENT_ONLY, task, n_boot, seed)
         if ev.ORACLE_CEILING in outputs else []
     )  # fmt: skip
-    writers = ev.writer_profiles_by_user(test_examples)
+    # The forms the generator imitates: genre_affinity brief where it was pretrained on that.
+    writers = ev.writer_profiles_by_user(
+        test_examples,
+        style_mix_styles(preset),
+        genre_figures=preset.base_generator.genre_figures,
+    )
     stats = ev.profile_statistics(generated, writers)
     claims = ev.claim_statistics(generated, test_examples, planted_truth(dataset))
     claims = claims.set_index("method").apply(pd.to_numeric, errors="coerce").reset_index()

@@ -160,14 +160,19 @@ class MethodOutputs:
 
 
 def writer_profiles_by_user(
-    examples: Sequence[TargetExample], styles: tuple[str, ...] | None = None
+    examples: Sequence[TargetExample],
+    styles: tuple[str, ...] | None = None,
+    *,
+    genre_figures: bool = True,
 ) -> dict[str, dict[str, str]]:
-    """Each user's deterministic writer profiles of their long window (all six styles by
-    default), computed once per user."""
+    """Each user's deterministic writer profiles of their long window (the six default styles
+    unless named; genre_affinity's brief form with `genre_figures=False`), once per user."""
     out: dict[str, dict[str, str]] = {}
     for example in examples:
         if example.user_id not in out:
-            out[example.user_id] = write_profiles(example.history(), styles)
+            out[example.user_id] = write_profiles(
+                example.history(), styles, genre_figures=genre_figures
+            )
     return out
 
 

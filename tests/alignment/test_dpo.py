@@ -16,6 +16,7 @@ import pytest
 from lettingo_dagster.alignment.dpo import (
     DpoJob,
     NonFiniteLossError,
+    dpo_losses,
     last_checkpoint,
     read_report,
     train_dpo,
@@ -216,3 +217,20 @@ def test_lora_training_saves_a_merged_model_and_the_adapter(pipeline_world, tmp_
     assert (tmp_path / "lora" / "adapter" / "adapter_config.json").is_file()
     merged = LocalCausalLM(report.model_dir, torch_threads=1)
     assert merged.fingerprint
+
+
+def test_sft_weight_adds_the_chosen_profiles_nll_to_the_dpo_loss(
+    pipeline_world, tmp_path: Path
+) -> None:
+    from trl import DPOConfig
+
+    assert dpo_losses("sigmoid", 0.0) == {"loss_type": ["sigmoid"]}
+    config = DPOConfig(output_dir=str(tmp_path / "c"), **dpo_losses("sigmoid", 0.5))
+    assert config.loss_type == ["sigmoid", "sft"] and config.loss_weights == [1.0, 0.5]
+
+    job = _job(pipeline_world, tmp_path / "sft", pipeline_world.base_generator, sft_weight=1.0)
+    report = train_dpo(job, log=lambda _: None)
+    # At the first step the policy is the reference, so plain DPO's loss is exactly ln 2; the
+    # chosen profiles' negative log-likelihood comes on top of it.
+    first = report.history[0]
+    assert first["step"] <= 1 and first["loss"] > math.log(2) + 0.05

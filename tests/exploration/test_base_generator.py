@@ -12,9 +12,8 @@ from synthetic import TINY_GENERATOR
 from lettingo_dagster.exploration import base_generator as bg
 from lettingo_dagster.exploration.prompts import load_template
 from lettingo_dagster.exploration.synthetic import genre_lover_histories
-from lettingo_dagster.exploration.writers import WRITERS
 from lettingo_dagster.models.base import ChatPrompt, Decoding
-from lettingo_dagster.settings import BaseGeneratorSettings
+from lettingo_dagster.settings import DEFAULT_WRITER_STYLES, BaseGeneratorSettings
 
 TINY = {
     **TINY_GENERATOR.model_dump(),
@@ -41,13 +40,18 @@ def tokenizer(examples):
 
 
 def test_training_examples_cover_every_style_with_one_prompt_per_user(template):
-    histories = genre_lover_histories(3, 8)
+    histories = genre_lover_histories(3, 8)  # no styles named: the default ones
     examples = bg.training_examples(histories, template)
-    assert len(examples) == 3 * len(WRITERS)
-    assert [style for _, _, style in examples[: len(WRITERS)]] == list(WRITERS)
+    assert len(examples) == 3 * len(DEFAULT_WRITER_STYLES)
+    assert [style for _, _, style in examples[: len(DEFAULT_WRITER_STYLES)]] == list(
+        DEFAULT_WRITER_STYLES
+    )
     for user in range(3):
         prompts = {
-            prompt for prompt, _, _ in examples[user * len(WRITERS) : (user + 1) * len(WRITERS)]
+            prompt
+            for prompt, _, _ in examples[
+                user * len(DEFAULT_WRITER_STYLES) : (user + 1) * len(DEFAULT_WRITER_STYLES)
+            ]
         }
         assert len(prompts) == 1
     assert all(profile.strip() for _, profile, _ in examples)
@@ -173,6 +177,35 @@ def test_packed_labels_mask_the_prompt_and_match_unpacked_loss(tokenizer, exampl
     assert packed == pytest.approx(total / count, abs=1e-4)
 
 
+def test_prompt_loss_adds_each_prompts_own_tokens_once(tokenizer, examples):
+    import torch
+
+    settings = BaseGeneratorSettings(**TINY)
+    model = bg.build_model(tokenizer, settings).eval()
+    encoded = [
+        bg.encode_example(tokenizer, prompt, profile) for prompt, profile, _ in examples[:12]
+    ]
+    groups, _ = bg._group_examples(encoded, settings.max_positions)
+    batch = bg._collate(groups, tokenizer.pad_token_id, prompt_loss=True)
+    completions = [token for _, completion in encoded for token in completion]
+    prompts = [token for group in groups for token in group.prompt[1:]]
+    assert sorted(batch.labels.tolist()) == sorted(completions + prompts)
+
+    with torch.no_grad():
+        packed = bg.packed_loss(model, batch).item()
+        total, count = 0.0, 0
+        for group in groups:  # a prompt's tokens count once, however many profiles share it
+            ids = torch.tensor([list(group.prompt)])
+            total += model(input_ids=ids, labels=ids).loss.item() * (len(group.prompt) - 1)
+            count += len(group.prompt) - 1
+        for prompt_ids, completion in encoded:
+            ids = torch.tensor([prompt_ids + completion])
+            labels = torch.tensor([[-100] * len(prompt_ids) + completion])
+            total += model(input_ids=ids, labels=labels).loss.item() * len(completion)
+            count += len(completion)
+    assert packed == pytest.approx(total / count, abs=1e-4)
+
+
 def test_too_long_examples_are_dropped_and_counted():
     encoded = [([1] * 50, [5, 6, 2]), ([1] * 50, [7, 2]), ([3] * 90, [5, 2]), ([4] * 10, [5] * 100)]
     groups, dropped = bg._group_examples(encoded, max_positions=64)
@@ -199,8 +232,8 @@ def test_pretrain_reduces_loss_saves_and_samples(tmp_path: Path, template):
         examples, settings, tmp_path / "model", torch_threads=1, log=lines.append, progress_every=5
     )
 
-    assert report.dropped_examples == 2 * len(WRITERS)
-    assert report.examples == 12 * len(WRITERS)
+    assert report.dropped_examples == 2 * len(DEFAULT_WRITER_STYLES)
+    assert report.examples == 12 * len(DEFAULT_WRITER_STYLES)
     assert report.parameters > 10_000 and report.train_tokens > report.target_tokens > 0
     assert report.steps >= 20 and report.epochs == pytest.approx(4, rel=0.1)
     assert report.seconds > 0 and report.tokens_per_second > 0

@@ -27,8 +27,10 @@ HORROR_FAN = UserHistory(
 
 
 def test_every_style_describes_the_history() -> None:
-    profiles = write_profiles(HORROR_FAN)
+    profiles = write_profiles(HORROR_FAN, tuple(WRITERS))
     assert set(profiles) == set(WRITERS)
+    # Without styles, the default ones: genre_share is written only where a preset names it.
+    assert set(write_profiles(HORROR_FAN)) == set(WRITERS) - {"genre_share"}
     assert "Enjoys Horror" in profiles["genre_affinity"]
     assert "Romance" in profiles["genre_affinity"].split("Tends to dislike")[1]
     assert "1990s" in profiles["eras"] and "Prefers newer titles" in profiles["eras"]
@@ -41,7 +43,7 @@ def test_every_style_describes_the_history() -> None:
     summary = json.loads(profiles["rlmrec_summary"])
     assert "Horror" in summary["summary"] and len(summary["summary"].split()) <= 100
     assert "reasoning" in summary
-    assert write_profiles(HORROR_FAN) == profiles  # deterministic
+    assert write_profiles(HORROR_FAN, tuple(WRITERS)) == profiles  # deterministic
 
 
 def test_settings_know_every_style() -> None:
@@ -81,9 +83,10 @@ def test_digest_prompt_ranks_genres_by_mean_rating_without_item_lines() -> None:
 def test_taste_prompt_names_the_best_and_worst_genres_in_the_order_a_brief_profile_does() -> None:
     prompt = load_template("exploration_taste").render(HORROR_FAN)
     # Horror 5.0, Comedy 3.0, then Drama and Romance 1.0 (ties by count, then name); the mean
-    # rating is (6*5 + 5*1 + 4*3) / 15 = 3.1.
+    # rating is (6*5 + 5*1 + 4*3) / 15 = 3.1, which only Horror reaches (the most rated list).
     assert prompt.user.splitlines()[0] == (
-        "15 rated items, average 3.1. Best rated: Horror, Comedy, Drama, Romance. "
+        "15 rated items, average 3.1. Most rated: Horror. "
+        "Best rated: Horror, Comedy, Drama, Romance. "
         "Worst rated: Romance, Drama, Comedy, Horror."
     )
     assert "Scream" not in prompt.user
@@ -98,6 +101,34 @@ def test_taste_prompt_names_the_best_and_worst_genres_in_the_order_a_brief_profi
     assert write_profiles(HORROR_FAN, ("favourites",), genre_figures=False) == write_profiles(
         HORROR_FAN, ("favourites",)
     )  # only genre_affinity has a brief form
+
+
+def test_genre_share_reads_how_much_of_each_genre_the_user_rates_not_how_well() -> None:
+    # Drama is rated most (4 items, mean 3.5); Horror best (2 items, 5.0); War worst.
+    watcher = UserHistory(
+        "u3",
+        "train",
+        tuple(
+            [_item(i, f"D{i}", ("Drama",), 3 + i % 2) for i in range(4)]
+            + [_item(10 + i, f"H{i}", ("Horror",), 5) for i in range(2)]
+            + [_item(20 + i, f"W{i}", ("War",), 1) for i in range(3)]
+        ),
+    )
+    profiles = write_profiles(watcher, ("genre_affinity", "genre_share"), genre_figures=False)
+    # Best rated first: Horror (5.0) before Drama (3.5); rated most often first: Drama.
+    assert profiles["genre_affinity"].startswith("Genre affinity: Enjoys Horror and Drama.")
+    # Drama is rated most among the genres at or above the mean (3.0); War is below it.
+    assert profiles["genre_share"] == (
+        "Genre share: Mostly watches and enjoys Drama and Horror. Tends to dislike War. "
+        "Overall average 3.0."
+    )
+    user = load_template("exploration_taste").render(watcher).user
+    assert "Most rated: Drama, Horror. Best rated: Horror, Drama, War." in user
+    # Drama and Romance are rated often, but at 1 star: never liked.
+    assert write_profiles(HORROR_FAN, ("genre_share",))["genre_share"] == (
+        "Genre share: Mostly watches and enjoys Horror. Tends to dislike Romance and Drama. "
+        "Overall average 3.1."
+    )
 
 
 def test_taste_prompt_of_a_window_without_repeated_genres_says_so() -> None:

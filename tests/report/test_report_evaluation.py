@@ -14,6 +14,7 @@ from lettingo_dagster.evaluation import metrics
 from lettingo_dagster.exploration.writers import WRITERS
 from lettingo_dagster.report import evaluation
 from lettingo_dagster.report.evaluation import MethodOutputs
+from lettingo_dagster.settings import DEFAULT_WRITER_STYLES, load_preset
 
 N_TARGETS = N_USERS * TARGETS
 SAMPLES = 2
@@ -193,7 +194,7 @@ def test_paired_difference_rejects_mismatched_users_and_unknown_names(sentiment_
 def test_profile_statistics_known_values(examples):
     writers = evaluation.writer_profiles_by_user(examples)
     assert set(writers) == {f"u{u}" for u in range(N_USERS)}
-    assert all(set(by_style) == set(WRITERS) for by_style in writers.values())
+    assert all(set(by_style) == set(DEFAULT_WRITER_STYLES) for by_style in writers.values())
     generated = {
         "base_generator": {"u0": ["a b a", "b c"], "u1": ["x y z"]},
         # Copies of writer profiles: each must be assigned to its own style.
@@ -227,6 +228,26 @@ def test_profile_statistics_known_values(examples):
     identical = evaluation.profile_statistics({"m": {"u0": ["same text", "same text"]}}, writers)
     assert identical.within_user_similarity.iloc[0] == pytest.approx(1.0)
     json.dumps(stats.reset_index().to_dict(orient="records"))  # plain values for metadata
+
+
+def test_style_mix_counts_the_styles_a_preset_names(examples):
+    from lettingo_dagster.report.build import style_mix_styles
+
+    styles = style_mix_styles(load_preset("planted"))
+    assert "genre_share" in styles and set(DEFAULT_WRITER_STYLES) <= set(styles)
+    assert style_mix_styles(load_preset("default")) == DEFAULT_WRITER_STYLES
+    assert set(WRITERS) == set(styles)
+    # Against the brief forms the planted generator imitates, its two readings stay apart.
+    writers = evaluation.writer_profiles_by_user(examples, styles, genre_figures=False)
+    generated = {
+        "dpo_generator": {
+            "u0": [writers["u0"]["genre_share"]],
+            "u1": [writers["u1"]["genre_affinity"]],
+        }
+    }
+    stats = evaluation.profile_statistics(generated, writers).set_index("method")
+    assert stats.loc["dpo_generator"].share_genre_share == pytest.approx(0.5)
+    assert stats.loc["dpo_generator"].share_genre_affinity == pytest.approx(0.5)
 
 
 def test_profile_statistics_degenerate_inputs():
