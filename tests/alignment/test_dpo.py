@@ -225,7 +225,9 @@ def test_sft_weight_adds_the_chosen_profiles_nll_to_the_dpo_loss(
     from trl import DPOConfig
 
     assert dpo_losses("sigmoid", 0.0) == {"loss_type": ["sigmoid"]}
-    config = DPOConfig(output_dir=str(tmp_path / "c"), **dpo_losses("sigmoid", 0.5))
+    config = DPOConfig(
+        output_dir=str(tmp_path / "c"), use_cpu=True, bf16=False, **dpo_losses("sigmoid", 0.5)
+    )
     assert config.loss_type == ["sigmoid", "sft"] and config.loss_weights == [1.0, 0.5]
 
     job = _job(pipeline_world, tmp_path / "sft", pipeline_world.base_generator, sft_weight=1.0)
