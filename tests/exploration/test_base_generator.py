@@ -167,14 +167,22 @@ def test_packed_labels_mask_the_prompt_and_match_unpacked_loss(tokenizer, exampl
 
     with torch.no_grad():
         packed = bg.packed_loss(model, batch).item()
-        total, count = 0.0, 0
+    total, count = _unpacked_completion_loss(model, encoded)
+    assert packed == pytest.approx(total / count, abs=1e-4)
+
+
+def _unpacked_completion_loss(model, encoded) -> tuple[float, int]:
+    """(summed loss, tokens) of every completion scored alone after its prompt, unpacked."""
+    import torch
+
+    total, count = 0.0, 0
+    with torch.no_grad():
         for prompt_ids, completion in encoded:
             ids = torch.tensor([prompt_ids + completion])
             labels = torch.tensor([[-100] * len(prompt_ids) + completion])
-            n = len(completion)
-            total += model(input_ids=ids, labels=labels).loss.item() * n
-            count += n
-    assert packed == pytest.approx(total / count, abs=1e-4)
+            total += model(input_ids=ids, labels=labels).loss.item() * len(completion)
+            count += len(completion)
+    return total, count
 
 
 def test_prompt_loss_adds_each_prompts_own_tokens_once(tokenizer, examples):
@@ -191,18 +199,13 @@ def test_prompt_loss_adds_each_prompts_own_tokens_once(tokenizer, examples):
     prompts = [token for group in groups for token in group.prompt[1:]]
     assert sorted(batch.labels.tolist()) == sorted(completions + prompts)
 
+    total, count = _unpacked_completion_loss(model, encoded)
     with torch.no_grad():
         packed = bg.packed_loss(model, batch).item()
-        total, count = 0.0, 0
         for group in groups:  # a prompt's tokens count once, however many profiles share it
             ids = torch.tensor([list(group.prompt)])
             total += model(input_ids=ids, labels=ids).loss.item() * (len(group.prompt) - 1)
             count += len(group.prompt) - 1
-        for prompt_ids, completion in encoded:
-            ids = torch.tensor([prompt_ids + completion])
-            labels = torch.tensor([[-100] * len(prompt_ids) + completion])
-            total += model(input_ids=ids, labels=labels).loss.item() * len(completion)
-            count += len(completion)
     assert packed == pytest.approx(total / count, abs=1e-4)
 
 
