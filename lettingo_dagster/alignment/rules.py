@@ -38,6 +38,23 @@ def pair_rules(min_pairs: int = 1) -> list[CheckRule]:
             ),
         ),
         CheckRule(
+            name="chosen_scored_higher",
+            description=(
+                "In every calibration pair the chosen profile's reward exceeds the rejected "
+                "one's: a sign error in the rewards-to-pairs step fails here (calibration pairs "
+                "are never swapped, not even by the negative control)."
+            ),
+            frame="calibration_pairs",
+            expectations=(
+                expect(
+                    "ExpectColumnPairValuesAToBeGreaterThanB",
+                    column_A="chosen_reward",
+                    column_B="rejected_reward",
+                    or_equal=False,
+                ),
+            ),
+        ),
+        CheckRule(
             name="enough_pairs",
             description="At least the preset's pairs.min_pairs training pairs.",
             frame="train_pairs",
@@ -47,8 +64,22 @@ def pair_rules(min_pairs: int = 1) -> list[CheckRule]:
 
 
 def pair_frames(pairs: pd.DataFrame) -> dict[str, pd.DataFrame]:
-    frame = pairs[["user_id", "split", "prompt_user", "chosen", "rejected"]].copy()
+    frame = pairs[
+        [
+            "user_id",
+            "split",
+            "prompt_user",
+            "chosen",
+            "rejected",
+            "chosen_reward",
+            "rejected_reward",
+        ]
+    ].copy()
     frame["chosen_stripped"] = frame["chosen"].str.strip()
     frame["rejected_stripped"] = frame["rejected"].str.strip()
     frame["same_text"] = frame["chosen_stripped"] == frame["rejected_stripped"]
-    return {"pairs": frame, "train_pairs": frame[frame["split"] == "train"].reset_index(drop=True)}
+    return {
+        "pairs": frame,
+        "train_pairs": frame[frame["split"] == "train"].reset_index(drop=True),
+        "calibration_pairs": frame[frame["split"] == "calibration"].reset_index(drop=True),
+    }

@@ -6,9 +6,15 @@ would catch a sign error, swapped pairs, or a recommender that ignores the profi
 - Negative control: trained on swapped pairs (`pairs.swap_chosen_rejected`, training pairs
   only), the same held-out accuracy falls clearly below 0.5.
 - With the recommender's profile input blanked, one user's candidates all get the same reward.
+- The reward's sign: a profile stating the user's planted liked and disliked genres scores above
+  one stating them the wrong way round.
 
 Thresholds chosen from world seeds 7, 8 and 9 (LETTINGO_CONTROL_SEED): held-out preference
-accuracy 0.719 / 0.734 / 0.781 with the true pairs against 0.266 / 0.328 / 0.188 swapped.
+accuracy 0.734 / 0.688 / 0.797 with the true pairs against 0.266 / 0.250 / 0.203 swapped;
+planted minus opposite reward +0.33 / +0.52 / +0.30, planted ahead for 95% / 90% / 82% of 40
+training users. Checked by hand: swapping the training pairs inside `build_pairs` fails the
+first test (accuracy 0.27), and swapping every pair fails the blocking pair check
+`chosen_scored_higher`, so the run stops before DPO.
 """
 
 from __future__ import annotations
@@ -131,3 +137,47 @@ def test_blanked_profiles_give_every_candidate_the_same_reward(control_world) ->
     # The real recommender does tell one user's candidates apart.
     scored, _ = profile_rewards(real, "ranking", profiles, grouped, cache)
     assert (scored.groupby("user_id")["reward"].agg(lambda r: float(np.ptp(r))) > 0).mean() > 0.5
+
+
+def test_reward_ranks_the_planted_taste_above_its_opposite(control_world) -> None:
+    """The reward's sign: stating the user's planted liked and disliked genres must score above
+    stating them the wrong way round, on training users (the recommender never saw them)."""
+    import duckdb
+    import pandas as pd
+
+    from lettingo_dagster.data.planted import load_planted_truth
+    from lettingo_dagster.evaluation.examples import load_target_examples
+    from lettingo_dagster.evaluation.recommender import load_recommender
+    from lettingo_dagster.evaluation.rewards import profile_rewards
+    from lettingo_dagster.models.cache import ModelCallCache
+    from lettingo_dagster.settings import load_preset
+
+    positive, _negative, root = control_world
+    preset = load_preset("control", root / "presets")
+    recommender = load_recommender(positive.output_for_node("recommender"), preset)
+    truth = load_planted_truth(Path(os.environ["LETTINGO_DATA"]) / DATASET)
+    with duckdb.connect(str(root / "warehouse.duckdb"), read_only=True) as con:
+        examples = load_target_examples(con, DATASET, preset.task, ("train",))
+    grouped: dict[str, list] = {}
+    for example in examples:
+        grouped.setdefault(example.user_id, []).append(example)
+
+    def stated(liked: tuple[str, ...], disliked: tuple[str, ...]) -> str:
+        return f"Enjoys {' and '.join(liked)}. Tends to dislike {' and '.join(disliked)}."
+
+    rows = [
+        {"dataset": DATASET, "user_id": user, "split": "train", "explorer": form, "style": None,
+         "sample_index": 0, "profile_id": f"{form}-{user}", "profile": text}
+        for user in grouped
+        for form, text in (
+            ("planted", stated(truth[user].liked_genres, truth[user].disliked_genres)),
+            ("opposite", stated(truth[user].disliked_genres, truth[user].liked_genres)),
+        )
+    ]  # fmt: skip
+    cache = ModelCallCache(root / "sign-cache.duckdb")
+    scored, _ = profile_rewards(recommender, "ranking", pd.DataFrame(rows), grouped, cache)
+    by_user = scored.pivot_table(index="user_id", columns="explorer", values="reward")
+    gap = by_user["planted"] - by_user["opposite"]
+    print(f"world seed {WORLD_SEED}: planted minus opposite reward {gap.mean():+.3f}, "
+          f"planted ahead for {(gap > 0).mean():.0%} of {len(gap)} users")  # fmt: skip
+    assert gap.mean() > 0.1 and (gap > 0).mean() > 0.7

@@ -161,3 +161,32 @@ def test_policy_scope_keeps_exactly_the_policys_own_pairs() -> None:
     own = build_pairs(rewards, _prompts(rewards), PairOptions(scope="policy", policy="base"))
     assert len(every) == 6
     assert list(zip(own.chosen_profile_id, own.rejected_profile_id, strict=True)) == [("p0", "p1")]
+
+
+def test_pair_checks_pass_built_pairs_and_fail_a_sign_error() -> None:
+    """The pair checks pass what build_pairs makes, with the negative control's swapped training
+    pairs too; pairs whose sides were swapped everywhere (a sign error) fail chosen_scored_higher."""
+    from lettingo_dagster.alignment.pairs import swap_sides
+    from lettingo_dagster.alignment.rules import pair_frames, pair_rules
+    from lettingo_dagster.quality import validate_rules
+
+    rows = [
+        {"dataset": "d", "user_id": f"u{u}", "split": split, "explorer": "base", "style": None,
+         "profile_id": f"u{u}-{k}", "profile": f"profile {k} of u{u}", "binary_reward": 0.0,
+         "graded_reward": 0.0, "target_rewards": [reward] * 3, "reward": reward}
+        for u, split in enumerate(["train", "train", "calibration", "calibration"])
+        for k, reward in enumerate([0.0, 0.5, 1.0])
+    ]  # fmt: skip
+    rewards = pd.DataFrame(rows)
+    pairs = build_pairs(rewards, _prompts(rewards), PairOptions())
+    assert set(pairs["split"]) == {"train", "calibration"}
+
+    def outcomes(frame: pd.DataFrame) -> dict[str, bool]:
+        return {o.rule.name: o.passed for o in validate_rules(pair_frames(frame), pair_rules())}
+
+    assert all(outcomes(pairs).values())
+    swapped_training = build_pairs(rewards, _prompts(rewards), PairOptions(swap=True))
+    assert all(outcomes(swapped_training).values())  # the negative control is not an error
+    sign_error = outcomes(swap_sides(pairs))
+    assert not sign_error["chosen_scored_higher"]
+    assert all(passed for name, passed in sign_error.items() if name != "chosen_scored_higher")
