@@ -1,7 +1,11 @@
 """SmolLM2-135M-Instruct on this machine: batched profile sampling, label scoring and DPO steps.
 
     python bench/smollm_benchmark.py [--model DIR] [--preset smollm] [--users 4] [--pairs 8]
-        [--threads 2] [--budget-min 45] [--other-min 8]
+        [--threads 2] [--budget-min 45] [--other-min 8] [--device cpu|cuda] [--bf16]
+
+`--device cuda --bf16` measures the same on a GPU: bfloat16 weights for sampling and label
+scoring, bfloat16 mixed precision for DPO (it stops with exit code 2 when no CUDA device is
+visible).
 
 The model is the folder `lettingo models fetch smollm2-135m-instruct` wrote (or `--model`).
 The work is shaped by the preset's own settings, so the rates are the ones it runs at:
@@ -50,8 +54,22 @@ def main(argv: list[str] | None = None) -> int:
         "--other-min", type=float, default=8.0,
         help="minutes allowed for the graph's stages that do not run SmolLM",
     )  # fmt: skip
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument(
+        "--bf16", action="store_true",
+        help="bfloat16 weights for sampling and scoring, bf16 mixed precision for DPO (CUDA)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     os.environ["HF_HUB_OFFLINE"] = "1"
+
+    import torch
+
+    if args.device == "cuda" and not torch.cuda.is_available():
+        print("--device cuda: no CUDA device is visible", file=sys.stderr)
+        return 2
+    if args.bf16 and args.device != "cuda":
+        print("--bf16 is for --device cuda (bfloat16 on CPU is slow here)", file=sys.stderr)
+        return 2
 
     import numpy as np
 
@@ -84,13 +102,16 @@ def main(argv: list[str] | None = None) -> int:
 
     began = time.perf_counter()
     model = LocalCausalLM(
-        folder, torch_threads=args.threads, batch_size=explorer.batch_size, device="cpu"
-    )
+        folder, torch_threads=args.threads, batch_size=explorer.batch_size, device=args.device,
+        dtype="bfloat16" if args.bf16 else "auto",
+    )  # fmt: skip
     load_s = time.perf_counter() - began
+    on = torch.cuda.get_device_name() if args.device == "cuda" else f"{args.threads} threads"
     # Other processes on the same cores slow every figure below: say how busy the machine was.
     print(
-        f"model {folder}: loaded in {load_s:.1f} s, {args.threads} threads, load average "
-        f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs"
+        f"model {folder}: loaded in {load_s:.1f} s on {args.device} ({on}), weights "
+        f"{next(model.model.parameters()).dtype}, load average {os.getloadavg()[0]:.1f} on "
+        f"{os.cpu_count()} CPUs"
     )
 
     # -- sampling ------------------------------------------------------------------------
@@ -181,7 +202,8 @@ def main(argv: list[str] | None = None) -> int:
             train_file = write_pair_file(pairs, folder, out / "train.parquet")
             heldout_file = write_pair_file(pairs.head(0), folder, out / "heldout.parquet")
             job = DpoJob(str(folder), str(train_file), str(heldout_file), str(out / "run"),
-                         settings, torch_threads=args.threads, device="cpu")  # fmt: skip
+                         settings, torch_threads=args.threads, device=args.device,
+                         bf16=args.bf16)  # fmt: skip
             began = time.perf_counter()
             report = train_dpo(job, log=lambda _: None)
             dpo_s = time.perf_counter() - began
@@ -197,6 +219,9 @@ def main(argv: list[str] | None = None) -> int:
         )
 
     print(f"load average at the end: {os.getloadavg()[0]:.1f}")
+    if args.device == "cuda":
+        return verdict(True, f"figures on {on}{' in bf16' if args.bf16 else ''} printed (the "
+                       "45-minute estimate is for 2 CPU cores)")  # fmt: skip
 
     # -- the preset's SmolLM work at these rates -------------------------------------------
     users = preset.task.split.max_users_per_split

@@ -71,6 +71,7 @@ class DpoJob:
     device: str = "auto"  # ComputeSettings.device: auto, cpu or cuda
     mlflow_tracking_uri: str | None = None
     mlflow_run_id: str | None = None
+    bf16: bool = False  # bfloat16 mixed precision (CUDA only; weights stay float32)
 
     def write(self, path: Path) -> Path:
         path.write_text(json.dumps(asdict(self), indent=1))
@@ -279,6 +280,8 @@ def _train(
     out = Path(job.output_dir)
     checkpoints = out / "checkpoints"
     device = _device(job.device)
+    if job.bf16 and device != "cuda":
+        raise ValueError(f"bf16 mixed precision needs a CUDA device; this job runs on {device}")
     tokenizer = AutoTokenizer.from_pretrained(job.policy_path, local_files_only=True)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -328,7 +331,7 @@ def _train(
         eval_strategy="no",
         report_to="none",  # metrics go to MLflow through on_metrics, from rank 0 only
         use_cpu=device == "cpu",
-        bf16=False,
+        bf16=job.bf16,
         # trl turns this on by default; it only slows a model this small.
         gradient_checkpointing=False,
         dataloader_num_workers=0,

@@ -35,6 +35,7 @@ from lettingo_dagster.models.base import ChatPrompt, Decoding, Generation, Model
 if TYPE_CHECKING:
     import torch
 
+MODEL_DTYPES = ("auto", "float32", "bfloat16")  # LocalCausalLM(dtype=...)
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 MODEL_FILES = frozenset(
     {
@@ -179,12 +180,15 @@ class LocalCausalLM(TextModel):
         torch_threads: int | None = None,
         batch_size: int = 16,
         name: str | None = None,
+        dtype: str = "auto",
     ) -> None:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
+        if dtype not in MODEL_DTYPES:
+            raise ValueError(f"dtype must be one of {', '.join(MODEL_DTYPES)}, not {dtype!r}")
         if torch_threads:
             # Oversubscribing shared cores made generation 7x slower.
             torch.set_num_threads(torch_threads)
@@ -207,8 +211,13 @@ class LocalCausalLM(TextModel):
                 self.path,
                 trust_remote_code=False,
                 local_files_only=local_only,
-                # float32 on CPU: half precision there is slow or unsupported for many kernels.
-                dtype=torch.float32 if self.device.type == "cpu" else "auto",
+                # auto: float32 on CPU (half precision there is slow or unsupported for many
+                # kernels), the checkpoint's own dtype on CUDA; or the one asked for.
+                dtype=(
+                    (torch.float32 if self.device.type == "cpu" else "auto")
+                    if dtype == "auto"
+                    else getattr(torch, dtype)
+                ),
             )
             if self.adapter is not None:
                 from peft import PeftModel
@@ -273,6 +282,10 @@ class LocalCausalLM(TextModel):
             ]
             if self.adapter is not None:
                 parts.append(folder_digest(Path(self.adapter)))
+            # Other weights' precision gives other samples: a cached call must not serve it.
+            weights_dtype = str(next(self.model.parameters()).dtype)
+            if weights_dtype != "torch.float32":
+                parts.append(weights_dtype)
             self._fingerprint = hashlib.sha256("\n".join(parts).encode()).hexdigest()
         return self._fingerprint
 

@@ -236,3 +236,19 @@ def test_sft_weight_adds_the_chosen_profiles_nll_to_the_dpo_loss(
     # chosen profiles' negative log-likelihood comes on top of it.
     first = report.history[0]
     assert first["step"] <= 1 and first["loss"] > math.log(2) + 0.05
+
+
+def test_bf16_without_cuda_stops_before_loading_anything(tmp_path: Path) -> None:
+    """bf16 mixed precision is for CUDA: a CPU job says so before it reads a file."""
+    job = DpoJob(
+        policy_path=str(tmp_path / "no-model"),
+        train_pairs=str(tmp_path / "no-pairs.parquet"),
+        heldout_pairs=str(tmp_path / "no-pairs.parquet"),
+        output_dir=str(tmp_path / "run"),
+        settings=load_preset("ci").dpo.model_dump(),
+        device="cpu",
+        bf16=True,
+    )
+    with pytest.raises(ValueError, match="bf16 mixed precision needs a CUDA device"):
+        train_dpo(job, log=lambda _line: None)
+    assert not (tmp_path / "run").exists()

@@ -293,3 +293,21 @@ def test_prefix_groups_follow_the_scoring_workloads():
     ]
     # Rows sharing less than the minimum stay alone.
     assert _prefix_groups([[1, 2, 3], [1, 2, 4], [9]], 32) == [([0], 0), ([1], 0), ([2], 0)]
+
+
+def test_bfloat16_weights_generate_and_get_their_own_fingerprint(folders, lm: LocalCausalLM):
+    """dtype="bfloat16" (the CUDA benchmark's weights, here on CPU) loads bfloat16 weights that
+    generate; other precision gives other samples, so the call cache must key it apart."""
+    import torch
+
+    half = LocalCausalLM(folders["chat"], batch_size=4, device="cpu", dtype="bfloat16")
+    assert next(half.model.parameters()).dtype == torch.bfloat16
+    assert next(lm.model.parameters()).dtype == torch.float32  # "auto" on CPU
+    result = half.generate(PROMPTS[:2], Decoding(max_new_tokens=4, seed=1), num_samples=1)
+    assert all(1 <= row[0].completion_tokens <= 4 for row in result)
+    assert half.fingerprint != lm.fingerprint
+    assert (
+        LocalCausalLM(folders["chat"], device="cpu", dtype="float32").fingerprint == lm.fingerprint
+    )
+    with pytest.raises(ValueError, match="dtype must be one of"):
+        LocalCausalLM(folders["chat"], device="cpu", dtype="float16x")
