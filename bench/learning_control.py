@@ -68,6 +68,32 @@ def _metric_value(report: dict, method: str) -> float | None:
     return None
 
 
+def _by_method(report: dict, key: str) -> dict[str, dict]:
+    return {row["method"]: row for row in report.get(key) or []}
+
+
+def _profile_line(report: dict, method: str) -> str:
+    """What a generator's test-user profiles say: its style mix and how often the genres it
+    states are the user's planted ones (the report's profile tables)."""
+    stats = _by_method(report, "profile_statistics").get(method, {})
+    claims = _by_method(report, "profile_claims").get(method, {})
+    mix = sorted(
+        ((k.removeprefix("share_"), v) for k, v in stats.items() if k.startswith("share_") and v),
+        key=lambda kv: -kv[1],
+    )
+    figures = ", ".join(
+        f"{name.removeprefix('planted_').replace('_', ' ')} {claims[name]:.2f}"
+        for name in (
+            "planted_liked_precision",
+            "planted_liked_recall",
+            "planted_disliked_precision",
+        )
+        if claims.get(name) is not None
+    )
+    styles = ", ".join(f"{name} {100 * share:.0f}%" for name, share in mix[:3])
+    return f"{figures or 'no planted-genre claims'}; style mix {styles or 'n/a'}"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="planted")
@@ -129,6 +155,13 @@ def main() -> int:
             f"room recovered: DPO {dpo:.1f} vs base {base:.1f}, oracle {oracle:.1f}: "
             f"{100 * share:.0f}% of the base-to-oracle room"
         )
+    # Whether the base generator reads its window at all decides what DPO can learn here: a
+    # generator that did not learn to copy names wrong genres and the reward rightly prefers
+    # saying nothing (README, "The positive control").
+    print("profiles of test users (the report's profile tables):")
+    print(f"  base generator:         {_profile_line(positive, 'base_generator')}")
+    print(f"  DPO generator:          {_profile_line(positive, 'dpo_generator')}")
+    print(f"  DPO on swapped pairs:   {_profile_line(negative, 'dpo_generator')}")
     print(f"total {time.perf_counter() - started:.0f} s; reports under {home}")
     passed = pos["low"] > 0 and neg["high"] < pos["low"]
     return verdict(

@@ -374,10 +374,17 @@ def write_report_files(
                     "serves": trial_decision.serves, "verdict": trial_decision.verdict,
                 } if trial_decision else None,
                 "results_markdown": results_markdown_table(table),
+                "profile_statistics": _records(figures.stats),
+                "profile_claims": _records(figures.claims),
             },
             indent=1, default=float,
         )
     )  # fmt: skip
+
+
+def _records(frame: pd.DataFrame) -> list[dict[str, Any]]:
+    """Rows as JSON-ready dicts; a missing figure (NaN, no such claim) is null."""
+    return frame.astype(object).where(frame.notna(), None).to_dict(orient="records")
 
 
 REPORT_ARTIFACTS = ("report.md", "report.html", "results.csv")

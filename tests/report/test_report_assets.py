@@ -55,6 +55,13 @@ def test_report_assets_write_the_report_and_decide_the_champion(pipeline_world) 
     summary = json.loads((folder / "report.json").read_text())
     assert {d["metric"] for d in summary["dpo_minus_base"]} >= {"hit_rate@1", "ndcg@10"}
     assert summary["null_check"] and summary["ceiling"]
+    # The profile tables travel too (bench/learning_control.py prints them), NaN as null.
+    stats = {row["method"]: row for row in summary["profile_statistics"]}
+    claims = {row["method"]: row for row in summary["profile_claims"]}
+    assert {"base_generator", "dpo_generator"} <= set(stats) & set(claims)
+    assert all(
+        value is None or value == value for row in claims.values() for value in row.values()
+    )
     assert report["metric_intervals_plot"].startswith("![")
 
     # Promotion: the decision is stated and matches the registry.
