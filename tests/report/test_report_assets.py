@@ -59,9 +59,7 @@ def test_report_assets_write_the_report_and_decide_the_champion(pipeline_world) 
     stats = {row["method"]: row for row in summary["profile_statistics"]}
     claims = {row["method"]: row for row in summary["profile_claims"]}
     assert {"base_generator", "dpo_generator"} <= set(stats) & set(claims)
-    assert all(
-        value is None or value == value for row in claims.values() for value in row.values()
-    )
+    assert all(value is None or value == value for row in claims.values() for value in row.values())
     assert report["metric_intervals_plot"].startswith("![")
 
     # Promotion: the decision is stated and matches the registry.
