@@ -145,15 +145,21 @@ def test_chat_template_layout(tokenizer):
     assert ids[0] == tokenizer.bos_token_id and ids.count(tokenizer.bos_token_id) == 1
 
 
-def test_packed_labels_mask_the_prompt_and_match_unpacked_loss(tokenizer, examples):
-    import torch
-
+def _packed_examples(tokenizer, examples):
+    """A tiny model, twelve encoded (prompt, completion) examples and their packed groups."""
     settings = BaseGeneratorSettings(**TINY)
     model = bg.build_model(tokenizer, settings).eval()
     encoded = [
         bg.encode_example(tokenizer, prompt, profile) for prompt, profile, _ in examples[:12]
     ]
     groups, dropped = bg._group_examples(encoded, settings.max_positions)
+    return model, encoded, groups, dropped
+
+
+def test_packed_labels_mask_the_prompt_and_match_unpacked_loss(tokenizer, examples):
+    import torch
+
+    model, encoded, groups, dropped = _packed_examples(tokenizer, examples)
     assert dropped == 0 and len(groups) == 2 and all(len(g.completions) == 6 for g in groups)
 
     batch = bg._collate(groups, tokenizer.pad_token_id)
@@ -188,12 +194,7 @@ def _unpacked_completion_loss(model, encoded) -> tuple[float, int]:
 def test_prompt_loss_adds_each_prompts_own_tokens_once(tokenizer, examples):
     import torch
 
-    settings = BaseGeneratorSettings(**TINY)
-    model = bg.build_model(tokenizer, settings).eval()
-    encoded = [
-        bg.encode_example(tokenizer, prompt, profile) for prompt, profile, _ in examples[:12]
-    ]
-    groups, _ = bg._group_examples(encoded, settings.max_positions)
+    model, encoded, groups, _ = _packed_examples(tokenizer, examples)
     batch = bg._collate(groups, tokenizer.pad_token_id, prompt_loss=True)
     completions = [token for _, completion in encoded for token in completion]
     prompts = [token for group in groups for token in group.prompt[1:]]
