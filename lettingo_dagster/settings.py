@@ -209,6 +209,22 @@ class BaseGeneratorSettings(_Section):
         "forward passes. On the planted world the generator then learns to copy genre names "
         "from its prompt within budget, where on profiles alone it often did not.",
     )
+    copy_warmup_steps: int = Field(
+        0,
+        ge=0,
+        le=100_000,
+        description="A copying curriculum before the writers' profiles: at most this many steps "
+        "in which each prompt's completion is the prompt's own first line, verbatim (no loss on "
+        "the prompt). A small model learns in-context copying there, then copies genre names "
+        "into profiles within a few hundred steps; from profiles alone it often never did "
+        "(docs/planted-taste.md). 0: none.",
+    )
+    copy_warmup_loss: float = Field(
+        0.3,
+        gt=0,
+        description="The curriculum ends early once its smoothed loss is below this: copying "
+        "has been learned (it arrives as a sudden drop, at a step that varies with the seed).",
+    )
     seed: int = Field(0, description="Seed of initialization, data order and window views.")
 
     @model_validator(mode="after")

@@ -370,6 +370,103 @@ def packed_loss(model: LlamaForCausalLM, batch: _Batch) -> torch.Tensor:
 # --------------------------------------------------------------------------- pretraining
 
 
+def copy_curriculum(
+    tokenizer: PreTrainedTokenizerFast,
+    examples: Sequence[tuple[ChatPrompt, str, str]],
+    max_positions: int,
+) -> list[_Group]:
+    """Each distinct prompt with its own first line as the completion: a task that is nothing
+    but copying from the context, the skill a profile of the prompt's lists needs."""
+    prompts = list(dict.fromkeys(prompt for prompt, _profile, _style in examples))
+    encoded = [
+        encode_example(tokenizer, prompt, prompt.user.split("\n", 1)[0]) for prompt in prompts
+    ]
+    return _group_examples(encoded, max_positions)[0]
+
+
+class _Progress:
+    """The smoothed loss and throughput of the steps so far, logged every `every` steps."""
+
+    def __init__(
+        self, log: Callable[[str], None], every: int, curve: list[tuple[int, float]]
+    ) -> None:
+        self.log, self.every, self.curve = log, every, curve
+        self.step = 0  # optimizer steps over every phase
+        self.tokens = 0
+        self._window_tokens = 0
+        self._window_start = time.perf_counter()
+
+    def record(self, phase: str, phase_step: int, total: int, smoothed: float, lr: float,
+               tokens: int, epoch: float | None) -> None:  # fmt: skip
+        self.step += 1
+        self.tokens += tokens
+        self._window_tokens += tokens
+        if phase_step % self.every == 0 or phase_step == total or phase_step == 1:
+            now = time.perf_counter()
+            self.curve.append((self.step, round(smoothed, 4)))
+            where = f" epoch {epoch:.2f}" if epoch is not None else ""
+            self.log(
+                f"{phase} step {phase_step}/{total}{where} loss {smoothed:.3f} lr {lr:.2e} "
+                f"{self._window_tokens / max(now - self._window_start, 1e-9):,.0f} tokens/s"
+            )
+            self._window_start, self._window_tokens = now, 0
+
+
+def _train_phase(
+    model: LlamaForCausalLM,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    groups: Sequence[_Group],
+    settings: BaseGeneratorSettings,
+    rng: random.Random,
+    device: torch.device,
+    bf16: bool,
+    *,
+    steps: int,
+    prompt_loss: bool,
+    progress: _Progress,
+    phase: str,
+    per_epoch: int | None = None,
+    stop_below: float | None = None,
+) -> tuple[int, float]:
+    """Up to `steps` optimizer steps over shuffled epochs of `groups`; stops early once the
+    smoothed loss is below `stop_below`. Returns the steps taken and the final smoothed loss."""
+    import contextlib
+
+    import torch
+
+    step, smoothed = 0, math.inf
+    while step < steps:
+        for groups_in_batch in _make_batches(groups, settings.batch_size, rng):
+            if step >= steps:
+                break
+            batch = _collate(groups_in_batch, model.config.pad_token_id, prompt_loss).to(device)
+            autocast = (
+                torch.autocast(device.type, dtype=torch.bfloat16)
+                if bf16
+                else contextlib.nullcontext()
+            )
+            with autocast:
+                loss = packed_loss(model, batch)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            scheduler.step()
+            step += 1
+            value = float(loss.detach())
+            smoothed = value if step == 1 else 0.9 * smoothed + 0.1 * value
+            epoch = step / per_epoch if per_epoch else None
+            progress.record(
+                phase, step, steps, smoothed, scheduler.get_last_lr()[0], batch.tokens, epoch
+            )
+            # Not before 20 steps: the smoothed loss needs a few batches to mean anything.
+            if stop_below is not None and step >= 20 and smoothed < stop_below:
+                return step, smoothed
+    return step, smoothed
+
+
+
 @dataclass
 class PretrainReport:
     parameters: int
@@ -475,53 +572,42 @@ def pretrain(
         rng = random.Random(settings.seed)
         per_epoch = len(_make_batches(groups, settings.batch_size, random.Random(settings.seed)))
         total_steps = max(1, math.ceil(settings.epochs * per_epoch))
-        warmup = max(1, min(50, total_steps // 20))
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda s: _lr_factor(s, total_steps, warmup)
-        )
         log(
             f"pretraining {parameters:,} parameters on {kept} examples ({len(groups)} prompts, "
             f"{train_tokens:,} tokens an epoch), {total_steps} steps of ~{settings.batch_size} examples"
         )
-
         curve: list[tuple[int, float]] = []
-        smoothed: float | None = None
-        step, processed, window_tokens = 0, 0, 0
-        window_start = time.perf_counter()
-        loop_start = window_start
-        while step < total_steps:
-            for groups_in_batch in _make_batches(groups, settings.batch_size, rng):
-                if step >= total_steps:
-                    break
-                batch = _collate(groups_in_batch, tokenizer.pad_token_id, settings.prompt_loss).to(
-                    target
-                )
-                autocast = (
-                    torch.autocast(target.type, dtype=torch.bfloat16)
-                    if use_bf16
-                    else contextlib.nullcontext()
-                )
-                with autocast:
-                    loss = packed_loss(model, batch)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-                optimizer.step()
-                scheduler.step()
-                step += 1
-                value = float(loss.detach())
-                smoothed = value if smoothed is None else 0.9 * smoothed + 0.1 * value
-                processed += batch.tokens
-                window_tokens += batch.tokens
-                if step % progress_every == 0 or step == total_steps or step == 1:
-                    now = time.perf_counter()
-                    curve.append((step, round(smoothed, 4)))
-                    log(
-                        f"step {step}/{total_steps} epoch {step / per_epoch:.2f} "
-                        f"loss {smoothed:.3f} lr {scheduler.get_last_lr()[0]:.2e} "
-                        f"{window_tokens / max(now - window_start, 1e-9):,.0f} tokens/s"
-                    )
-                    window_start, window_tokens = now, 0
+        progress = _Progress(log, progress_every, curve)
+        loop_start = time.perf_counter()
+        warmup_report: dict[str, Any] = {}
+        if settings.copy_warmup_steps:
+            echoes = copy_curriculum(tokenizer, examples, settings.max_positions)
+            # Linear ramp, then the peak rate until copying is learned.
+            ramp = max(1, min(50, settings.copy_warmup_steps // 20))
+            scheduler = torch.optim.lr_scheduler.LambdaLR(
+                optimizer, lambda s: min(1.0, (s + 1) / ramp)
+            )
+            log(
+                f"copying curriculum: up to {settings.copy_warmup_steps} steps on {len(echoes)} "
+                f"prompts' first lines, until the loss is below {settings.copy_warmup_loss}"
+            )
+            done, loss = _train_phase(
+                model, optimizer, scheduler, echoes, settings, rng, target, use_bf16,
+                steps=settings.copy_warmup_steps, prompt_loss=False, progress=progress,
+                phase="copying", stop_below=settings.copy_warmup_loss,
+            )  # fmt: skip
+            warmup_report = {"copy_warmup_steps": done, "copy_warmup_final_loss": round(loss, 4)}
+            log(f"copying curriculum ended after {done} steps at loss {loss:.3f}")
+        warmup = max(1, min(50, total_steps // 20))
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda s: _lr_factor(s, total_steps, warmup)
+        )
+        step, smoothed = _train_phase(
+            model, optimizer, scheduler, groups, settings, rng, target, use_bf16,
+            steps=total_steps, prompt_loss=settings.prompt_loss, progress=progress,
+            phase="profiles", per_epoch=per_epoch,
+        )  # fmt: skip
+        processed = progress.tokens
         loop_seconds = time.perf_counter() - loop_start
 
         model.eval().to("cpu")
@@ -539,10 +625,15 @@ def pretrain(
             final_loss=round(float(smoothed), 4),
             dropped_examples=dropped,
             target_tokens=target_tokens,
-            steps=step,
+            steps=progress.step,
             tokens_per_second=round(processed / max(loop_seconds, 1e-9), 1),
             vocab_size=len(tokenizer),
-            extra={"device": target.type, "bf16": use_bf16, "torch_threads": torch_threads},
+            extra={
+                "device": target.type,
+                "bf16": use_bf16,
+                "torch_threads": torch_threads,
+                **warmup_report,
+            },
         )
         (out_dir / REPORT_FILE).write_text(json.dumps(report.as_dict(), indent=2), encoding="utf-8")
         log(

@@ -86,7 +86,7 @@ GENRE_EXTREMES = 4
 
 
 def render_genre_extremes(
-    history: UserHistory, special_tokens: tuple[str, ...] = ()
+    history: UserHistory, special_tokens: tuple[str, ...] = (), separator: str = ", "
 ) -> tuple[str, str]:
     """The names of the window's best rated genres, best first, and of its worst rated, worst
     first ("Comedy, Fantasy, Animation, Thriller"), GENRE_EXTREMES of each: the genres a taste
@@ -94,13 +94,15 @@ def render_genre_extremes(
     names = [sanitize_field(genre, special_tokens) for genre, _, _ in genre_stats(history)]
     if not names:
         return "too few items per genre", "too few items per genre"
-    return ", ".join(names[:GENRE_EXTREMES]), ", ".join(names[::-1][:GENRE_EXTREMES])
+    return separator.join(names[:GENRE_EXTREMES]), separator.join(names[::-1][:GENRE_EXTREMES])
 
 
-def render_frequent_genres(history: UserHistory, special_tokens: tuple[str, ...] = ()) -> str:
+def render_frequent_genres(
+    history: UserHistory, special_tokens: tuple[str, ...] = (), separator: str = ", "
+) -> str:
     """The names of the window's most rated genres, most first, GENRE_EXTREMES of them."""
     names = [sanitize_field(genre, special_tokens) for genre, _, _ in frequent_genres(history)]
-    return ", ".join(names[:GENRE_EXTREMES]) if names else "too few items per genre"
+    return separator.join(names[:GENRE_EXTREMES]) if names else "too few items per genre"
 
 
 @dataclass(frozen=True)
@@ -109,6 +111,8 @@ class PromptTemplate:
     system: str | None
     user: str
     item_line: str
+    # Between the names of `{frequent_genres}`, `{best_genres}` and `{worst_genres}`.
+    genre_separator: str = ", "
 
     def render(self, history: UserHistory, special_tokens: Iterable[str] = ()) -> ChatPrompt:
         specials = tuple(special_tokens)
@@ -116,9 +120,14 @@ class PromptTemplate:
         # The digests are only computed for a template that shows them.
         digest = render_genre_digest(history, specials) if "{genres}" in self.user else ""
         shows_extremes = "{best_genres}" in self.user or "{worst_genres}" in self.user
-        best, worst = render_genre_extremes(history, specials) if shows_extremes else ("", "")
+        sep = self.genre_separator
+        best, worst = (
+            render_genre_extremes(history, specials, sep) if shows_extremes else ("", "")
+        )
         frequent = (
-            render_frequent_genres(history, specials) if "{frequent_genres}" in self.user else ""
+            render_frequent_genres(history, specials, sep)
+            if "{frequent_genres}" in self.user
+            else ""
         )
         average = (
             mean(item.rating for item in history.items)
@@ -161,6 +170,13 @@ def load_template(name: str = "exploration", prompts_dir: Path = PROMPTS_DIR) ->
     _check_placeholders(
         path, "item_line", raw["item_line"], {"title", "year", "genres", "sentiment", "rating"}
     )
+    separator = raw.get("genre_separator", ", ")
+    if not isinstance(separator, str) or not separator or "\n" in separator:
+        raise PromptError(f"{path}: genre_separator must be a non-empty one-line string")
     return PromptTemplate(
-        name=name, system=raw.get("system"), user=raw["user"], item_line=raw["item_line"]
+        name=name,
+        system=raw.get("system"),
+        user=raw["user"],
+        item_line=raw["item_line"],
+        genre_separator=separator,
     )
