@@ -29,11 +29,12 @@ from lettingo_dagster.paths import PRESETS_DIR, expand_home
 DEFAULT_PRESET = "default"
 # The deterministic writers' styles (lettingo_dagster.exploration.writers.WRITERS); a writers
 # explorer without `styles` writes the default ones. genre_share, another reading of the genres
-# than genre_affinity's, is written only where a preset names it (the planted world's).
+# than genre_affinity's, and genre_focus, its shorter form, are written only where a preset
+# names them (the planted world's).
 DEFAULT_WRITER_STYLES = (
     "genre_affinity", "eras", "rating_tendency", "favourites", "palr_keywords", "rlmrec_summary",
 )  # fmt: skip
-WRITER_STYLES = (*DEFAULT_WRITER_STYLES, "genre_share")
+WRITER_STYLES = (*DEFAULT_WRITER_STYLES, "genre_share", "genre_focus")
 
 
 def check_styles(styles: Sequence[str]) -> None:

@@ -98,13 +98,14 @@ def test_permuted_views_rename_genres_consistently_and_keep_the_first_window(tem
 
     taste = load_template("exploration_taste")
     examples = bg.training_examples(
-        [history], taste, ("genre_affinity",), views=6, seed=3,
+        [history], taste, ("genre_share",), views=6, seed=3,
         permute_genres=True, genre_figures=False,
     )  # fmt: skip
     for prompt, profile, _ in examples:
-        best = prompt.user.split("Best rated: ", 1)[1].split(",")[0].split(".")[0]
-        # The brief profile names the prompt's best genre first, whatever it was renamed to.
-        assert profile.startswith(f"Genre affinity: Enjoys {best}")
+        liked = prompt.user.split("watched most and liked ", 1)[1].split(" ")[0].rstrip(".")
+        # The brief profile names the prompt's first liked genre first, whatever it was renamed
+        # to: copying from the prompt is the only way to fit it.
+        assert profile.startswith(f"Genre share: Mostly watches and enjoys {liked}")
         assert "rated, avg" not in profile
 
 
@@ -254,6 +255,46 @@ def test_pretrain_reduces_loss_saves_and_samples(tmp_path: Path, template):
     assert len(samples) == 2
     assert samples[0][0].startswith("Rated items") and "Movie" in samples[0][0]
     assert all(isinstance(text, str) for _, text in samples)
+
+
+def test_copy_curriculum_trains_each_prompt_once_on_its_own_first_line(tokenizer, examples):
+    groups = bg.copy_curriculum(tokenizer, examples, max_positions=2048)
+    prompts = list(dict.fromkeys(prompt for prompt, _, _ in examples))
+    assert len(groups) == len(prompts) < len(examples)  # several styles share one prompt
+    by_prompt = {g.prompt: g.completions for g in groups}
+    for prompt in prompts:
+        ids, first_line = bg.encode_example(tokenizer, prompt, prompt.user.split("\n", 1)[0])
+        assert by_prompt[tuple(ids)] == (tuple(first_line),)
+
+
+def test_copy_curriculum_runs_before_the_profiles_and_stops_once_learned(
+    tmp_path: Path, template
+):
+    examples = bg.training_examples(genre_lover_histories(8, 10, seed=1), template)
+    base = {**TINY, "epochs": 1, "copy_warmup_steps": 30}
+    reports = {}
+    for name, threshold in (("never", 1e-6), ("at_once", 100.0)):
+        lines: list[str] = []
+        settings = BaseGeneratorSettings(**{**base, "copy_warmup_loss": threshold})
+        reports[name] = bg.pretrain(
+            examples, settings, tmp_path / name, torch_threads=1, log=lines.append,
+            progress_every=5,
+        )  # fmt: skip
+        copying = [i for i, line in enumerate(lines) if line.startswith("copying step")]
+        profiles = [i for i, line in enumerate(lines) if line.startswith("profiles step")]
+        assert copying and profiles and max(copying) < min(profiles)
+    never, at_once = reports["never"], reports["at_once"]
+    # A loss never reached: every warm-up step; one reached at once: the 20 steps the smoothed
+    # loss needs before it is trusted.
+    assert never.extra["copy_warmup_steps"] == 30 and never.extra["copy_warmup_final_loss"] > 1e-6
+    assert at_once.extra["copy_warmup_steps"] == 20
+    assert never.steps - at_once.steps == 10  # the profiles phase is the same length
+    assert never.loss_curve[-1][0] == never.steps
+    without = bg.pretrain(
+        examples, BaseGeneratorSettings(**{**base, "copy_warmup_steps": 0}), tmp_path / "none",
+        torch_threads=1, log=lambda _: None,
+    )  # fmt: skip
+    assert "copy_warmup_steps" not in without.extra and without.steps == never.steps - 30
 
 
 def test_pretrain_with_nothing_that_fits_fails_clearly(tmp_path: Path, template):

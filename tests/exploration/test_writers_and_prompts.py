@@ -29,8 +29,9 @@ HORROR_FAN = UserHistory(
 def test_every_style_describes_the_history() -> None:
     profiles = write_profiles(HORROR_FAN, tuple(WRITERS))
     assert set(profiles) == set(WRITERS)
-    # Without styles, the default ones: genre_share is written only where a preset names it.
-    assert set(write_profiles(HORROR_FAN)) == set(WRITERS) - {"genre_share"}
+    # Without styles, the default ones: genre_share and genre_focus are written only where a
+    # preset names them.
+    assert set(write_profiles(HORROR_FAN)) == set(WRITERS) - {"genre_share", "genre_focus"}
     assert "Enjoys Horror" in profiles["genre_affinity"]
     assert "Romance" in profiles["genre_affinity"].split("Tends to dislike")[1]
     assert "1990s" in profiles["eras"] and "Prefers newer titles" in profiles["eras"]
@@ -80,14 +81,14 @@ def test_digest_prompt_ranks_genres_by_mean_rating_without_item_lines() -> None:
     )
 
 
-def test_taste_prompt_names_the_best_and_worst_genres_in_the_order_a_brief_profile_does() -> None:
+def test_taste_prompt_names_the_liked_and_worst_genres_in_the_order_a_brief_profile_does() -> None:
     prompt = load_template("exploration_taste").render(HORROR_FAN)
-    # Horror 5.0, Comedy 3.0, then Drama and Romance 1.0 (ties by count, then name); the mean
-    # rating is (6*5 + 5*1 + 4*3) / 15 = 3.1, which only Horror reaches (the most rated list).
+    # The mean rating is (6*5 + 5*1 + 4*3) / 15 = 3.1, which only Horror reaches (the liked
+    # list); worst first: Romance and Drama 1.0 (ties by count, then name), Comedy, Horror. No
+    # colon or comma inside the lists, so a small generator finds a list by its one header.
     assert prompt.user.splitlines()[0] == (
-        "15 rated items, average 3.1. Most rated: Horror. "
-        "Best rated: Horror, Comedy, Drama, Romance. "
-        "Worst rated: Romance, Drama, Comedy, Horror."
+        "15 rated items, average 3.1. Genres watched most and liked Horror. "
+        "Genres rated worst Romance Drama Comedy Horror."
     )
     assert "Scream" not in prompt.user
     brief = write_profiles(HORROR_FAN, ("genre_affinity",), genre_figures=False)
@@ -123,18 +124,39 @@ def test_genre_share_reads_how_much_of_each_genre_the_user_rates_not_how_well() 
         "Overall average 3.0."
     )
     user = load_template("exploration_taste").render(watcher).user
-    assert "Most rated: Drama, Horror. Best rated: Horror, Drama, War." in user
+    assert "Genres watched most and liked Drama Horror. Genres rated worst War Drama Horror." in user
     # Drama and Romance are rated often, but at 1 star: never liked.
     assert write_profiles(HORROR_FAN, ("genre_share",))["genre_share"] == (
         "Genre share: Mostly watches and enjoys Horror. Tends to dislike Romance and Drama. "
         "Overall average 3.1."
+    )
+    # genre_focus: the same reading, two genres a side instead of three.
+    wide = UserHistory(
+        "u4",
+        "train",
+        tuple(
+            _item(10 * g + i, f"{name}{i}", (name,), rating)
+            for g, (name, count, rating) in enumerate(
+                [("Drama", 5, 5), ("Comedy", 4, 4), ("Crime", 3, 4), ("War", 2, 1),
+                 ("Horror", 3, 1), ("Western", 4, 2)]
+            )  # fmt: skip
+            for i in range(count)
+        ),
+    )
+    both = write_profiles(wide, ("genre_share", "genre_focus"))
+    assert both["genre_share"].startswith(
+        "Genre share: Mostly watches and enjoys Drama, Comedy and Crime. "
+        "Tends to dislike War, Horror and Western."
+    )
+    assert both["genre_focus"].startswith(
+        "Genre focus: Mostly watches and enjoys Drama and Comedy. Tends to dislike War and Horror."
     )
 
 
 def test_taste_prompt_of_a_window_without_repeated_genres_says_so() -> None:
     sparse = UserHistory("u2", "train", (_item(1, "A", ("Horror",), 5), _item(2, "B", ("War",), 1)))
     user = load_template("exploration_taste").render(sparse).user
-    assert "Best rated: too few items per genre." in user and "average 3.0" in user
+    assert "Genres rated worst too few items per genre." in user and "average 3.0" in user
 
 
 @pytest.mark.parametrize(
@@ -176,6 +198,31 @@ def test_template_with_unknown_placeholder_is_rejected(tmp_path) -> None:
     (tmp_path / "bad.yaml").write_text("user: '{history} {colour}'\nitem_line: '{title}'\n")
     with pytest.raises(PromptError, match="unknown placeholder"):
         load_template("bad", tmp_path)
+
+
+@pytest.mark.parametrize("separator", ["''", '"a\\nb"', "3"])
+def test_template_with_a_bad_genre_separator_is_rejected(tmp_path, separator: str) -> None:
+    (tmp_path / "bad.yaml").write_text(
+        f"user: '{{worst_genres}}'\nitem_line: '{{title}}'\ngenre_separator: {separator}\n"
+    )
+    with pytest.raises(PromptError, match=r"bad.yaml: genre_separator must be"):
+        load_template("bad", tmp_path)
+
+
+def test_genre_separator_joins_every_genre_list(tmp_path) -> None:
+    (tmp_path / "t.yaml").write_text(
+        "user: 'L {frequent_genres} B {best_genres} W {worst_genres}'\n"
+        "item_line: '{title}'\ngenre_separator: ' / '\n"
+    )
+    user = load_template("t", tmp_path).render(HORROR_FAN).user
+    assert user == (
+        "L Horror B Horror / Comedy / Drama / Romance W Romance / Drama / Comedy / Horror"
+    )
+    # Without the field, the lists keep their commas.
+    (tmp_path / "d.yaml").write_text("user: 'W {worst_genres}'\nitem_line: '{title}'\n")
+    assert load_template("d", tmp_path).render(HORROR_FAN).user == (
+        "W Romance, Drama, Comedy, Horror"
+    )
 
 
 def test_repetition_and_distinct_n() -> None:
