@@ -466,7 +466,6 @@ def _train_phase(
     return step, smoothed
 
 
-
 @dataclass
 class PretrainReport:
     parameters: int

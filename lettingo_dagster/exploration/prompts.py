@@ -121,9 +121,7 @@ class PromptTemplate:
         digest = render_genre_digest(history, specials) if "{genres}" in self.user else ""
         shows_extremes = "{best_genres}" in self.user or "{worst_genres}" in self.user
         sep = self.genre_separator
-        best, worst = (
-            render_genre_extremes(history, specials, sep) if shows_extremes else ("", "")
-        )
+        best, worst = render_genre_extremes(history, specials, sep) if shows_extremes else ("", "")
         frequent = (
             render_frequent_genres(history, specials, sep)
             if "{frequent_genres}" in self.user

@@ -267,9 +267,7 @@ def test_copy_curriculum_trains_each_prompt_once_on_its_own_first_line(tokenizer
         assert by_prompt[tuple(ids)] == (tuple(first_line),)
 
 
-def test_copy_curriculum_runs_before_the_profiles_and_stops_once_learned(
-    tmp_path: Path, template
-):
+def test_copy_curriculum_runs_before_the_profiles_and_stops_once_learned(tmp_path: Path, template):
     examples = bg.training_examples(genre_lover_histories(8, 10, seed=1), template)
     base = {**TINY, "epochs": 1, "copy_warmup_steps": 30}
     reports = {}

@@ -124,7 +124,9 @@ def test_genre_share_reads_how_much_of_each_genre_the_user_rates_not_how_well() 
         "Overall average 3.0."
     )
     user = load_template("exploration_taste").render(watcher).user
-    assert "Genres watched most and liked Drama Horror. Genres rated worst War Drama Horror." in user
+    assert (
+        "Genres watched most and liked Drama Horror. Genres rated worst War Drama Horror." in user
+    )
     # Drama and Romance are rated often, but at 1 star: never liked.
     assert write_profiles(HORROR_FAN, ("genre_share",))["genre_share"] == (
         "Genre share: Mostly watches and enjoys Horror. Tends to dislike Romance and Drama. "
@@ -137,8 +139,14 @@ def test_genre_share_reads_how_much_of_each_genre_the_user_rates_not_how_well() 
         tuple(
             _item(10 * g + i, f"{name}{i}", (name,), rating)
             for g, (name, count, rating) in enumerate(
-                [("Drama", 5, 5), ("Comedy", 4, 4), ("Crime", 3, 4), ("War", 2, 1),
-                 ("Horror", 3, 1), ("Western", 4, 2)]
+                [
+                    ("Drama", 5, 5),
+                    ("Comedy", 4, 4),
+                    ("Crime", 3, 4),
+                    ("War", 2, 1),
+                    ("Horror", 3, 1),
+                    ("Western", 4, 2),
+                ]
             )  # fmt: skip
             for i in range(count)
         ),
