@@ -218,15 +218,30 @@ def reliability_interval(
     point = spearman_brown(split_half_reliability(rewards, column))
     users = rewards["user_id"].unique()
     rng = np.random.default_rng(seed)
-    groups = {u: g for u, g in rewards.groupby("user_id")}
-    draws = []
-    for _ in range(n_boot):
-        chosen = rng.choice(users, size=len(users), replace=True)
-        sample = pd.concat(
-            [groups[u].assign(user_id=f"{u}#{k}") for k, u in enumerate(chosen)],
-            ignore_index=True,
+    halves = _centred_halves(rewards, column)
+    draws: list[float] = []
+    if halves is not None:
+        even, odd = halves
+        # Centred within each user, the halves sum to 0 over any set of whole users, so a
+        # resample's correlation is sum(even*odd) / sqrt(sum(even^2) sum(odd^2)) over its users:
+        # per-user sums weighted by how often the draw took each user, one product for all
+        # draws instead of a data frame per draw.
+        codes = pd.Index(users).get_indexer(rewards["user_id"])
+        per_user = np.stack(
+            [np.bincount(codes, weights=w, minlength=len(users))
+             for w in (even * odd, even * even, odd * odd)],
+            axis=1,
+        )  # fmt: skip
+        counts = np.stack(
+            [
+                np.bincount(rng.choice(len(users), size=len(users)), minlength=len(users))
+                for _ in range(n_boot)
+            ]
         )
-        draws.append(spearman_brown(split_half_reliability(sample, column)))
+        cross, even_sq, odd_sq = (counts @ per_user).T
+        with np.errstate(divide="ignore", invalid="ignore"):
+            r = cross / np.sqrt(even_sq * odd_sq)
+        draws = [spearman_brown(float(x)) for x in r]
     draws = [d for d in draws if np.isfinite(d)]
     low, high = np.percentile(draws, [2.5, 97.5]) if draws else (float("nan"),) * 2
     return {"estimate": float(point), "low": float(low), "high": float(high)}
@@ -255,9 +270,21 @@ def split_half_reliability(rewards: pd.DataFrame, column: str = "target_truth_sc
     Near 0, the differences that preference pairs are built from are noise of the targets, not a
     property of the profiles, and DPO can only memorize them; NaN with fewer than two targets.
     """
+    halves = _centred_halves(rewards, column)
+    if halves is None:
+        return float("nan")
+    even, odd = halves
+    if even.std() == 0 or odd.std() == 0:
+        return float("nan")
+    return float(np.corrcoef(even, odd)[0, 1])
+
+
+def _centred_halves(rewards: pd.DataFrame, column: str) -> tuple[np.ndarray, np.ndarray] | None:
+    """Each profile's mean score on its even- and on its odd-numbered targets, less its user's
+    mean of the same; None with fewer than two targets."""
     scores = [np.asarray(s, dtype=float) for s in rewards[column]]
     if not scores or min(len(s) for s in scores) < 2:
-        return float("nan")
+        return None
     frame = pd.DataFrame(
         {
             "user": rewards["user_id"].to_numpy(),
@@ -266,6 +293,4 @@ def split_half_reliability(rewards: pd.DataFrame, column: str = "target_truth_sc
         }
     )
     centred = frame[["even", "odd"]] - frame.groupby("user")[["even", "odd"]].transform("mean")
-    if centred["even"].std() == 0 or centred["odd"].std() == 0:
-        return float("nan")
-    return float(np.corrcoef(centred["even"], centred["odd"])[0, 1])
+    return centred["even"].to_numpy(), centred["odd"].to_numpy()

@@ -160,3 +160,41 @@ def test_split_half_reliability_separates_signal_from_noise() -> None:
     )
     one_target = pd.DataFrame({"user_id": ["a", "a"], "target_truth_scores": [[1.0], [0.5]]})
     assert np.isnan(split_half_reliability(one_target))
+
+
+def test_reliability_interval_resamples_whole_users() -> None:
+    """The interval from per-user sums equals resampling the profiles themselves: each draw's
+    users (copies kept apart) re-centred and correlated, then Spearman-Brown."""
+    import numpy as np
+    import pandas as pd
+
+    from lettingo_dagster.evaluation.rewards import (
+        reliability_interval,
+        spearman_brown,
+        split_half_reliability,
+    )
+
+    rng = np.random.default_rng(3)
+    users = np.repeat([f"u{i}" for i in range(40)], 5)
+    quality = rng.normal(size=len(users))
+    scores = [list(q + rng.normal(size=6)) for q in quality]
+    frame = pd.DataFrame({"user_id": users, "target_rewards": scores})
+    fast = reliability_interval(frame, n_boot=50, seed=11)
+
+    draw_rng = np.random.default_rng(11)
+    ids = frame["user_id"].unique()
+    groups = {u: g for u, g in frame.groupby("user_id")}
+    draws = []
+    for _ in range(50):
+        chosen = draw_rng.choice(ids, size=len(ids), replace=True)
+        sample = pd.concat(
+            [groups[u].assign(user_id=f"{u}#{k}") for k, u in enumerate(chosen)],
+            ignore_index=True,
+        )
+        draws.append(spearman_brown(split_half_reliability(sample, "target_rewards")))
+    low, high = np.percentile(draws, [2.5, 97.5])
+    assert fast["low"] == pytest.approx(low, abs=1e-9)
+    assert fast["high"] == pytest.approx(high, abs=1e-9)
+    assert fast["low"] < fast["estimate"] < fast["high"]
+    one_target = frame.assign(target_rewards=[[1.0]] * len(frame))
+    assert np.isnan(reliability_interval(one_target, n_boot=5)["low"])
