@@ -62,12 +62,6 @@ def model_cache_path() -> Path:
     return lettingo_home() / "cache" / "model_calls.duckdb"
 
 
-def embedding_cache_dir() -> Path:
-    """Sentence embeddings of profile and window texts, shared by every step and run that reads
-    with the same encoder weights (one folder per weights)."""
-    return lettingo_home() / "cache" / "embeddings"
-
-
 def models_dir() -> Path:
     """Trained models: versioned folders per asset and dataset."""
     return lettingo_home() / "models"

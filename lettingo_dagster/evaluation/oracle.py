@@ -179,17 +179,9 @@ def cross_fit_predictions(
             record(task, CEILING, oracle, test, [None] * len(test))
             record(task, CONTROL, control, test, [None] * len(test))
         if log is not None:
-            # The shared encoder's counters: texts read from the on-disk store, and encoded.
-            encoder = getattr(shared, "encoder", None)
-            texts = (
-                f"; texts encoded so far {encoder.encoded_texts:,}, "
-                f"found in the embedding store {encoder.stored_texts:,}"
-                if hasattr(encoder, "stored_texts")
-                else ""
-            )
             log(
                 f"fold {fold + 1}/{n_folds}: fit {fitted:.0f}s, "
-                f"total {time.perf_counter() - started:.0f}s{texts}"
+                f"total {time.perf_counter() - started:.0f}s"
             )
     return outputs
 
