@@ -98,8 +98,10 @@ def launch_command(job_file: Path, processes: int) -> list[str]:
 def reload_and_generate(
     model_dir: str, pairs: pd.DataFrame, torch_threads: int
 ) -> tuple[bool, str]:
-    """Whether the saved model loads from its folder and writes a non-empty profile, and the
-    profile (or the error)."""
+    """Whether the saved model loads from its folder and writes a non-empty profile for one of
+    two calibration prompts, and that profile (or the error). Two prompts, because one sample
+    of a small policy can be an immediate end of sequence, a draw rather than a broken model
+    (the swapped-pairs control's policy at the ci sizes)."""
     from lettingo_dagster.models.base import ChatPrompt, Decoding
     from lettingo_dagster.models.local import LocalCausalLM
 
@@ -110,12 +112,14 @@ def reload_and_generate(
             ChatPrompt(system=s or None, user=u)
             for s, u in zip(rows["prompt_system"], rows["prompt_user"], strict=True)
         ]
-        [[sample], *_] = model.generate(
+        samples = model.generate(
             prompts, Decoding(temperature=1.0, top_p=1.0, max_new_tokens=48, seed=0), 1
         )
     except Exception as exc:  # any failure to load or run is the finding
         return False, f"{type(exc).__name__}: {exc}"
-    return bool(sample.text.strip()), sample.text
+    texts = [sample.text for [sample] in samples]
+    written = next((text for text in texts if text.strip()), "")
+    return bool(written), written or " | ".join(map(repr, texts))
 
 
 @dataclass(frozen=True)
