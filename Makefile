@@ -51,6 +51,7 @@ bench: install
 	$(BIN)/python bench/generation_benchmark.py
 	$(BIN)/python bench/label_scoring_benchmark.py
 	$(BIN)/python bench/profiles_rerun_benchmark.py
+	$(BIN)/python bench/bootstrap_benchmark.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -76,13 +76,16 @@ def hit_rate(ranks: np.ndarray, k: int) -> float:
     return float(np.mean(np.asarray(ranks) <= k))
 
 
-def ndcg(ranks: np.ndarray, k: int | None = None) -> float:
-    """NDCG with one relevant item: 1 / log2(rank + 1), 0 past rank k (k=None: no cut-off)."""
+def ndcg_gains(ranks: np.ndarray, k: int | None = None) -> np.ndarray:
+    """Each target's NDCG with one relevant item: 1 / log2(rank + 1), 0 past rank k (k=None:
+    no cut-off)."""
     ranks = np.asarray(ranks, dtype=float)
     gains = 1.0 / np.log2(ranks + 1.0)
-    if k is not None:
-        gains = np.where(ranks <= k, gains, 0.0)
-    return float(np.mean(gains))
+    return gains if k is None else np.where(ranks <= k, gains, 0.0)
+
+
+def ndcg(ranks: np.ndarray, k: int | None = None) -> float:
+    return float(np.mean(ndcg_gains(ranks, k)))
 
 
 def mrr(ranks: np.ndarray) -> float:
@@ -108,6 +111,26 @@ def _stack(arrays: list[np.ndarray], users: np.ndarray) -> np.ndarray:
     return np.concatenate([arrays[u] for u in users], axis=0)
 
 
+def _resample_counts(n_users: int, n_boot: int, seed: int) -> np.ndarray:
+    """(n_boot, n_users): how often each user is drawn in each resample (the same draws as
+    `_resample_indices`)."""
+    draws = _resample_indices(n_users, n_boot, seed)
+    offsets = np.arange(n_boot)[:, None] * n_users
+    return np.bincount((draws + offsets).ravel(), minlength=n_boot * n_users).reshape(
+        n_boot, n_users
+    )
+
+
+def _row_mean_draws(
+    statistic: RowMeanStatistic, arrays: list[np.ndarray], counts: np.ndarray
+) -> np.ndarray:
+    """The statistic on every resample from per-user sums: a resample's mean over its stacked
+    rows is its users' summed values over their summed row counts."""
+    sums = np.array([statistic.per_row(a).sum() for a in arrays], dtype=float)
+    rows = np.array([len(a) for a in arrays], dtype=float)
+    return (counts @ sums) / (counts @ rows)
+
+
 def bootstrap_ci(
     values_by_user: ValuesByUser,
     statistic: Statistic,
@@ -119,9 +142,15 @@ def bootstrap_ci(
     with replacement (each resampled user keeps all of their rows)."""
     arrays = _per_user(values_by_user)
     estimate = float(statistic(np.concatenate(arrays, axis=0)))
-    draws = np.array(
-        [statistic(_stack(arrays, users)) for users in _resample_indices(len(arrays), n_boot, seed)]
-    )
+    if isinstance(statistic, RowMeanStatistic):
+        draws = _row_mean_draws(statistic, arrays, _resample_counts(len(arrays), n_boot, seed))
+    else:
+        draws = np.array(
+            [
+                statistic(_stack(arrays, users))
+                for users in _resample_indices(len(arrays), n_boot, seed)
+            ]
+        )
     low, high = np.quantile(draws, [alpha / 2, 1 - alpha / 2])
     return Interval(estimate, float(low), float(high))
 
@@ -146,20 +175,39 @@ def paired_bootstrap_diff(
     if len(a) != len(b):
         raise ValueError(f"paired arms have {len(a)} and {len(b)} users")
     estimate = float(statistic(np.concatenate(a, axis=0)) - statistic(np.concatenate(b, axis=0)))
-    draws = np.array(
-        [
-            statistic(_stack(a, users)) - statistic(_stack(b, users))
-            for users in _resample_indices(len(a), n_boot, seed)
-        ]
-    )
+    if isinstance(statistic, RowMeanStatistic):
+        counts = _resample_counts(len(a), n_boot, seed)
+        draws = _row_mean_draws(statistic, a, counts) - _row_mean_draws(statistic, b, counts)
+    else:
+        draws = np.array(
+            [
+                statistic(_stack(a, users)) - statistic(_stack(b, users))
+                for users in _resample_indices(len(a), n_boot, seed)
+            ]
+        )
     low, high = np.quantile(draws, [alpha / 2, 1 - alpha / 2])
     return Interval(estimate, float(low), float(high))
 
 
 # Statistics over stacked rows, for the bootstrap helpers.
-def accuracy_statistic(rows: np.ndarray) -> float:
-    """rows: columns [y_true, y_pred]."""
-    return float(np.mean(rows[:, 0] == rows[:, 1]))
+@dataclass(frozen=True)
+class RowMeanStatistic:
+    """A statistic that is the mean of one value per row (a hit, a gain, a reciprocal rank).
+    The bootstraps then draw from per-user sums, one matrix product for all resamples, instead
+    of stacking each resample's rows: the same draws and the same figures, a hundred times
+    faster (bench/bootstrap_benchmark.py)."""
+
+    per_row: Callable[[np.ndarray], np.ndarray]
+
+    def __call__(self, rows: np.ndarray) -> float:
+        return float(np.mean(self.per_row(rows)))
+
+
+def _correct(rows: np.ndarray) -> np.ndarray:
+    return rows[:, 0] == rows[:, 1]
+
+
+accuracy_statistic = RowMeanStatistic(_correct)  # rows: columns [y_true, y_pred]
 
 
 def macro_f1_statistic(rows: np.ndarray) -> float:
@@ -169,12 +217,11 @@ def macro_f1_statistic(rows: np.ndarray) -> float:
 
 def hit_rate_statistic(k: int) -> Statistic:
     """rows: the target's rank (a column vector or 1-D)."""
-    return lambda rows: hit_rate(np.ravel(rows), k)
+    return RowMeanStatistic(lambda rows: np.ravel(rows) <= k)
 
 
 def ndcg_statistic(k: int | None = None) -> Statistic:
-    return lambda rows: ndcg(np.ravel(rows), k)
+    return RowMeanStatistic(lambda rows: ndcg_gains(np.ravel(rows), k))
 
 
-def mrr_statistic(rows: np.ndarray) -> float:
-    return mrr(np.ravel(rows))
+mrr_statistic = RowMeanStatistic(lambda rows: 1.0 / np.ravel(rows).astype(float))

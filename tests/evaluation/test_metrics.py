@@ -56,6 +56,37 @@ def test_paired_difference_detects_a_shift_and_checks_users() -> None:
         metrics.paired_bootstrap_diff(a, {"other": np.zeros((5, 1))}, _mean, n_boot=10)
 
 
+@pytest.mark.parametrize("name", ["hit_rate@1", "hit_rate@10", "ndcg@10", "accuracy"])
+def test_row_mean_statistics_bootstrap_from_sums_like_the_per_draw_path(name: str) -> None:
+    # The fast path must give the per-draw path's figures: same resamples, same statistic.
+    from lettingo_dagster.evaluation.protocol import RANKING_METRICS, SENTIMENT_METRICS
+
+    statistic = {**RANKING_METRICS, **SENTIMENT_METRICS}[name]
+    assert isinstance(statistic, metrics.RowMeanStatistic)
+    rng = np.random.default_rng(5)
+    # Users with different numbers of rows, so a resample's mean weighs users by their rows.
+    if name == "accuracy":
+        a = [rng.integers(0, 3, size=(rng.integers(1, 9), 2)) for _ in range(60)]
+        b = [rng.integers(0, 3, size=(len(rows), 2)) for rows in a]
+    else:
+        a = [rng.integers(1, 21, size=(rng.integers(1, 9), 1)) for _ in range(60)]
+        b = [rng.integers(1, 21, size=(len(rows), 1)) for rows in a]
+
+    def per_draw(rows: np.ndarray) -> float:
+        return statistic(rows)
+
+    for fast, slow in [
+        (metrics.bootstrap_ci(a, statistic, 400, 3), metrics.bootstrap_ci(a, per_draw, 400, 3)),
+        (
+            metrics.paired_bootstrap_diff(a, b, statistic, 400, 3),
+            metrics.paired_bootstrap_diff(a, b, per_draw, 400, 3),
+        ),
+    ]:
+        assert fast.low < fast.high
+        for field in ("estimate", "low", "high"):
+            assert getattr(fast, field) == pytest.approx(getattr(slow, field), abs=1e-12)
+
+
 def test_ranking_metrics_known_values() -> None:
     ranks = np.array([1, 2, 5, 10])
     assert metrics.hit_rate(ranks, 1) == 0.25
