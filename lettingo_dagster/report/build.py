@@ -7,6 +7,7 @@ and check results.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -182,9 +183,14 @@ class ReportModels:
 
 
 def compute_figures(
-    preset: Preset, dataset: str, inputs: ReportInputs, models: ReportModels
+    preset: Preset,
+    dataset: str,
+    inputs: ReportInputs,
+    models: ReportModels,
+    log: Callable[[str], None] = print,
 ) -> ReportFigures:
     task, knowledge_dir = preset.recommender.task, models.knowledge_dir
+    started = time.perf_counter()
     test_examples = inputs.test_examples
     model = load_recommender(models.recommender_dir, preset, models.base_generator_dir)
     oracle = None
@@ -193,11 +199,14 @@ def compute_figures(
         # the same calibration users as the frozen recommender (never on test users).
         oracle = offline_recommender(preset, knowledge_dir, oracle=True)
         oracle.fit(inputs.calibration, [{} for _ in inputs.calibration], (task,), holdout=False)
+        log(f"ceiling recommender fit in {time.perf_counter() - started:.1f} s")
     generated = generated_profiles(inputs.heldout)
     outputs = ev.method_outputs(
-        model, oracle, task, test_examples, generated, sanity_baselines(knowledge_dir, preset)
-    )
+        model, oracle, task, test_examples, generated, sanity_baselines(knowledge_dir, preset),
+        log=log,
+    )  # fmt: skip
     n_boot, seed = preset.report.n_boot, preset.report.seed
+    started = time.perf_counter()
     table = ev.results_table(outputs, task, n_boot=n_boot, seed=seed)
     dpo_minus_base = ev.paired_differences(
         outputs, ev.DPO_GENERATOR, ev.BASE_GENERATOR, task, n_boot, seed
@@ -218,6 +227,10 @@ def compute_figures(
     stats = ev.profile_statistics(generated, writers)
     claims = ev.claim_statistics(generated, test_examples, planted_truth(dataset))
     claims = claims.set_index("method").apply(pd.to_numeric, errors="coerce").reset_index()
+    log(
+        f"intervals ({n_boot} resamples), profile statistics and claims in "
+        f"{time.perf_counter() - started:.1f} s"
+    )
     return ReportFigures(
         task=task,
         users=len({e.user_id for e in test_examples}),
@@ -418,15 +431,17 @@ def build_report(
     figures and files logged to the DPO run."""
     from lettingo_dagster.report.plots import write_plots
 
-    figures = compute_figures(preset, dataset, inputs, models)
+    figures = compute_figures(preset, dataset, inputs, models, log)
     dpo_checkpoint = models.dpo_checkpoint
     folder = reports_dir(dataset)
     with write_folder_atomically(folder) as scratch:
+        started = time.perf_counter()
         plots = write_plots(
             scratch, table=figures.table, matrices=figures.matrices,
             highlights=[*figures.dpo_minus_base, *figures.null_check],
             generated=figures.generated, stats=figures.stats,
         )  # fmt: skip
+        log(f"{len(plots)} plots in {time.perf_counter() - started:.1f} s")
         promotion = promote(registry, dataset, dpo_checkpoint, figures, preset)
         log(promotion.verdict)
         reliability = reward_reliability(inputs.train_rewards, preset.report.seed)

@@ -25,7 +25,8 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -210,9 +211,11 @@ def method_outputs(
     examples: Sequence[TargetExample],
     generated: Mapping[str, Mapping[str, Sequence[str]]],
     baselines: Mapping[str, Recommender] | None = None,
+    log: Callable[[str], None] | None = None,
 ) -> dict[str, MethodOutputs]:
     """Score every method on the same examples with the same recommender (one batched call per
-    method) and return their outputs by method, in `METHODS` order.
+    method) and return their outputs by method, in `METHODS` order; `log` hears of each method
+    as it is scored.
 
     `generated[method][user_id]` is that user's list of sampled profiles for a generator method
     (`base_generator`, `dpo_generator`, `base_generator_null`; further generator methods, e.g.
@@ -242,8 +245,11 @@ def method_outputs(
         profiles: Sequence[str | None],
         row_users: Sequence[str] | np.ndarray,
     ) -> None:
+        started = time.perf_counter()
         rows = _score(model, task, chosen, profiles)
         outputs[method] = MethodOutputs(rows=rows, users=np.asarray(row_users, dtype=object))
+        if log is not None:
+            log(f"scored {method}: {len(rows)} rows in {time.perf_counter() - started:.1f} s")
 
     run(RECENT_ONLY, recommender, examples, [None] * len(examples), users)
     for method, baseline in (baselines or {}).items():
