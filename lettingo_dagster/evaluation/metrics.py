@@ -8,6 +8,7 @@ rank); a statistic maps the stacked rows of a resample to a number.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -111,14 +112,17 @@ def _stack(arrays: list[np.ndarray], users: np.ndarray) -> np.ndarray:
     return np.concatenate([arrays[u] for u in users], axis=0)
 
 
+@functools.lru_cache(maxsize=8)
 def _resample_counts(n_users: int, n_boot: int, seed: int) -> np.ndarray:
     """(n_boot, n_users): how often each user is drawn in each resample (the same draws as
-    `_resample_indices`)."""
+    `_resample_indices`). Cached: a report draws the same resamples for every method and
+    metric; the array is read-only."""
     draws = _resample_indices(n_users, n_boot, seed)
     offsets = np.arange(n_boot)[:, None] * n_users
-    return np.bincount((draws + offsets).ravel(), minlength=n_boot * n_users).reshape(
-        n_boot, n_users
-    )
+    counts = np.bincount((draws + offsets).ravel(), minlength=n_boot * n_users)
+    counts = counts.reshape(n_boot, n_users).astype(float)
+    counts.flags.writeable = False
+    return counts
 
 
 def _row_mean_draws(
@@ -126,9 +130,11 @@ def _row_mean_draws(
 ) -> np.ndarray:
     """The statistic on every resample from per-user sums: a resample's mean over its stacked
     rows is its users' summed values over their summed row counts."""
-    sums = np.array([statistic.per_row(a).sum() for a in arrays], dtype=float)
-    rows = np.array([len(a) for a in arrays], dtype=float)
-    return (counts @ sums) / (counts @ rows)
+    rows = np.array([len(a) for a in arrays])
+    values = np.asarray(statistic.per_row(np.concatenate(arrays, axis=0)), dtype=float)
+    sums = np.bincount(np.repeat(np.arange(len(arrays)), rows), weights=values,
+                       minlength=len(arrays))  # fmt: skip
+    return (counts @ sums) / (counts @ rows.astype(float))
 
 
 def bootstrap_ci(
