@@ -127,6 +127,8 @@ def _softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
 
 # Examples whose profile-independent blocks are kept (about 30 KB each).
 _CONTEXT_CACHE_SIZE = 8192
+# Profiles whose sentence embeddings and projections are kept (a few KB each).
+_READING_CACHE_SIZE = 8192
 
 
 @dataclass
@@ -135,9 +137,22 @@ class _Context:
 
     example: TargetExample  # held so that its id cannot be reused while cached
     cand_vecs: np.ndarray
+    cand_proj: np.ndarray  # the candidates in the item components
     before: np.ndarray  # recent-window statistics and relations, the candidates' own features
     after: np.ndarray | None  # the oracle's long-window blocks, item statistics
     knowledge: KnowledgeContext | None
+
+
+@dataclass
+class _Reading:
+    """What the features of one profile share across its targets: its sentences in the fitted
+    text space and their polarity."""
+
+    seg_vecs: np.ndarray  # (S, D) centred, normalized sentence embeddings
+    whole: np.ndarray  # (D,) their normalized mean
+    polarity: np.ndarray  # (S,) loves-anchor minus dislikes-anchor cosine
+    whole_items: np.ndarray  # (1, item_dims) the whole profile in the item components
+    whole_text: np.ndarray  # (1, text_dims) the whole profile in the text components
 
 
 class _Featurizer:
@@ -154,6 +169,7 @@ class _Featurizer:
         self._anchors: np.ndarray | None = None
         self._stats: dict[str, np.ndarray] = {}
         self._contexts: OrderedDict[tuple[int, tuple[str, ...]], _Context] = OrderedDict()
+        self._readings: OrderedDict[str, _Reading | None] = OrderedDict()
         self.space = space
 
     @property
@@ -162,9 +178,10 @@ class _Featurizer:
 
     @space.setter
     def space(self, space: _Space | None) -> None:
-        # Every cached context was computed in the old space.
+        # Every cached context and reading was computed in the old space.
         self._space = space
         self._contexts.clear()
+        self._readings.clear()
 
     # embeddings
     def item_vectors(self, items: Sequence[ItemText | RatedItem]) -> np.ndarray:
@@ -324,40 +341,64 @@ class _Featurizer:
             [onehot.reshape(len(candidates), -1), years, self.space.project_items(cand_vecs)]
         )
 
-    def _profile_block(self, cand_vecs: np.ndarray, profile: str | None) -> np.ndarray:
+    def _reading(self, profile: str | None) -> _Reading | None:
+        """The profile's sentences read once, however many targets it is scored on; None
+        without any."""
+        key = profile or ""
+        if key in self._readings:
+            self._readings.move_to_end(key)
+            return self._readings[key]
+        segments = profile_segments(profile, self.config.max_segments)
+        reading = None
+        if segments:
+            raw = self.encoder.encode(segments)
+            seg_vecs = self.space.center_text(raw)
+            whole = _normalize(seg_vecs.mean(axis=0))
+            polarity = raw @ self.anchors().T
+            reading = _Reading(
+                seg_vecs=seg_vecs,
+                whole=whole,
+                polarity=polarity[:, 0] - polarity[:, 1],
+                whole_items=self.space.project_items(whole[None, :]),
+                whole_text=self.space.project_text(whole[None, :]),
+            )
+        self._readings[key] = reading
+        if len(self._readings) > _READING_CACHE_SIZE:
+            self._readings.popitem(last=False)
+        return reading
+
+    def _profile_block(
+        self, cand_vecs: np.ndarray, cand_proj: np.ndarray, profile: str | None
+    ) -> np.ndarray:
         n = len(cand_vecs)
         d_item, d_text = self.config.item_dims, self.config.text_dims
         width = 6 + 2 * d_item + 2 * d_text
-        segments = profile_segments(profile, self.config.max_segments)
-        if not segments:
+        reading = self._reading(profile)
+        if reading is None:
             return np.zeros((n, width))
-        raw = self.encoder.encode(segments)
-        seg_vecs = self.space.center_text(raw)
-        whole = _normalize(seg_vecs.mean(axis=0))
-        polarity = raw @ self.anchors().T
-        polarity = polarity[:, 0] - polarity[:, 1]  # (S,)
+        seg_vecs, polarity = reading.seg_vecs, reading.polarity
         sims = cand_vecs @ seg_vecs.T  # (n, S)
         attention = _softmax(sims / self.config.attention_temperature, axis=1)
         pooled = attention @ seg_vecs  # (n, D)
         closest = sims.argmax(axis=1)
-        cand_proj = self.space.project_items(cand_vecs)
+        best = sims.max(axis=1)
         scalars = np.column_stack(
             [
                 np.ones(n),
-                cand_vecs @ whole,
-                sims.max(axis=1),
+                cand_vecs @ reading.whole,
+                best,
                 attention @ polarity,
                 polarity[closest],
-                polarity[closest] * sims.max(axis=1),
+                polarity[closest] * best,
             ]
         )
         return np.hstack(
             [
                 scalars,
-                self.space.project_items(whole[None, :]) * cand_proj,
+                reading.whole_items * cand_proj,
                 self.space.project_items(pooled) * cand_proj,
                 self.space.project_text(pooled),
-                np.repeat(self.space.project_text(whole[None, :]), n, axis=0),
+                np.repeat(reading.whole_text, n, axis=0),
             ]
         )
 
@@ -385,6 +426,7 @@ class _Featurizer:
         context = _Context(
             example=example,
             cand_vecs=cand_vecs,
+            cand_proj=self.space.project_items(cand_vecs),
             before=np.hstack(before),
             after=np.hstack(after) if after else None,
             knowledge=self.knowledge.context(example, candidates) if self.knowledge else None,
@@ -399,7 +441,10 @@ class _Featurizer:
     ) -> np.ndarray:
         """(len(candidates), n_features) for one example, profile and candidate list."""
         context = self._context(example, candidates)
-        blocks = [context.before, self._profile_block(context.cand_vecs, profile)]
+        blocks = [
+            context.before,
+            self._profile_block(context.cand_vecs, context.cand_proj, profile),
+        ]
         if context.after is not None:
             blocks.append(context.after)
         if context.knowledge is not None:

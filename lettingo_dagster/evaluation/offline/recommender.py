@@ -92,6 +92,7 @@ class OfflineRecommender(Recommender):
         self._space: _Space | None = None
         self._heads: dict[str, _Head] = {}
         self._fingerprint: str | None = None
+        self._scoring: _Featurizer | None = None
 
     # -- identity
     @property
@@ -140,7 +141,14 @@ class OfflineRecommender(Recommender):
 
     # -- fitting
     def _featurizer(self) -> _Featurizer:
-        return _Featurizer(self.encoder, self.config, self._space, self._knowledge_features())
+        """The scoring featurizer of the fitted space, kept across calls: the reward and report
+        steps score a few hundred (profile, target) pairs a call, and its caches of example
+        contexts and profile readings then serve every call instead of one."""
+        if self._scoring is None or self._scoring.space is not self._space:
+            self._scoring = _Featurizer(
+                self.encoder, self.config, self._space, self._knowledge_features()
+            )
+        return self._scoring
 
     def _knowledge_features(self) -> KnowledgeFeatures | None:
         if not self.config.use_item_knowledge:

@@ -188,6 +188,36 @@ def test_save_load_round_trip(world, encoder: MiniLMEncoder, tmp_path) -> None:
         assert np.array_equal(a, b)
 
 
+def test_scores_do_not_depend_on_what_was_scored_before(encoder: MiniLMEncoder) -> None:
+    """The recommender keeps its featurizer (and its cached contexts and profile readings)
+    across calls: scoring in chunks must equal scoring at once, and after a refit nothing of the
+    old space may be served."""
+    train = build_world(30, seed=4)
+    test = build_world(10, seed=5)
+    profiles = [p["genre_affinity"] for p in profiles_of(test)]
+    config = OfflineConfig(item_dims=8, text_dims=8)
+    model = OfflineRecommender(config, encoder)
+    model.fit(train, profiles_of(train), "ranking", holdout=False)
+    at_once = model.score_candidates(test, profiles)
+    chunked = [
+        s
+        for start in range(0, len(test), 7)
+        for s in model.score_candidates(test[start : start + 7], profiles[start : start + 7])
+    ]
+    assert all(np.array_equal(a, b) for a, b in zip(at_once, chunked, strict=True))
+
+    refit_on = build_world(30, seed=6)
+    model.fit(refit_on, profiles_of(refit_on), "ranking", holdout=False)
+    fresh = OfflineRecommender(config, encoder)
+    fresh.fit(refit_on, profiles_of(refit_on), "ranking", holdout=False)
+    after = model.score_candidates(test, profiles)
+    assert all(
+        np.array_equal(a, b)
+        for a, b in zip(after, fresh.score_candidates(test, profiles), strict=True)
+    )
+    assert not all(np.allclose(a, b) for a, b in zip(after, at_once, strict=True))
+
+
 def test_fingerprint_tracks_weights_and_config(world, encoder: MiniLMEncoder) -> None:
     model, _figures, _test = world
     train = build_world(20, seed=3)
