@@ -52,6 +52,8 @@ bench: install
 	$(BIN)/python bench/label_scoring_benchmark.py
 	$(BIN)/python bench/profiles_rerun_benchmark.py
 	$(BIN)/python bench/bootstrap_benchmark.py
+	$(BIN)/python bench/scoring_benchmark.py
+	$(BIN)/python bench/deterministic_fill_benchmark.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

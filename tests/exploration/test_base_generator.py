@@ -314,9 +314,12 @@ def test_pretraining_twice_gives_the_same_weights(tmp_path: Path, template):
            "vocab_size": 1000, "epochs": 1, "batch_size": 6}
     )  # fmt: skip
     before = torch.are_deterministic_algorithms_enabled()
+    fill_before = torch.utils.deterministic.fill_uninitialized_memory
     weights = []
     for run in range(2):
         bg.pretrain(examples, settings, tmp_path / str(run), torch_threads=2, log=lambda _: None)
         weights.append((tmp_path / str(run) / "model.safetensors").read_bytes())
     assert weights[0] == weights[1]
+    # The process's own settings come back after training (the NaN fill included).
     assert torch.are_deterministic_algorithms_enabled() == before
+    assert torch.utils.deterministic.fill_uninitialized_memory == fill_before
