@@ -250,6 +250,12 @@ class ExplorerSettings(_Section):
     styles: list[str] | None = Field(
         None, description="Writer styles (writers only; null: the six default ones)."
     )
+    splits: list[Literal["train", "calibration"]] | None = Field(
+        None,
+        description="The users this explorer profiles (null: all of exploration.splits). "
+        "Calibration users' profiles fit the recommender; training users' make the pairs, so "
+        "an explorer that cannot be in any pair (pairs.scope: policy) may skip them.",
+    )
     prompt_template: str | None = Field(
         None,
         description="Template under assets/prompts/ (default: the base generator's for "
@@ -353,6 +359,13 @@ class ExplorationSettings(_Section):
         names = [explorer.name for explorer in self.explorers]
         if len(names) != len(set(names)):
             raise ValueError(f"explorer names must be unique: {names}")
+        for explorer in self.explorers:
+            outside = set(explorer.splits or ()) - set(self.splits)
+            if outside:
+                raise ValueError(
+                    f"explorer {explorer.name!r} profiles splits {sorted(outside)} that "
+                    f"exploration.splits {self.splits} does not sample"
+                )
         return self
 
 

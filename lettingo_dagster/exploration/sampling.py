@@ -69,8 +69,9 @@ def run_explorers(
     for explorer in exploration.explorers:
         explorer_started = time.perf_counter()
         calls: dict[str, Any] = {}
+        chosen = [h for h in histories if explorer.splits is None or h.split in explorer.splits]
         if explorer.kind == "writers":
-            produced = writer_candidates(explorer, histories)
+            produced = writer_candidates(explorer, chosen)
             hit_rate, tokens_per_second, model_calls = None, None, 0
         else:
             model = build_model(explorer, base_generator_dir, preset.compute.torch_threads)
@@ -82,7 +83,7 @@ def run_explorers(
                 )
 
             produced, stats = model_candidates(
-                explorer, model, histories, template_name(explorer, preset.base_generator), cache,
+                explorer, model, chosen, template_name(explorer, preset.base_generator), cache,
                 chunk_size=exploration.chunk_size, on_chunk=progress,
             )  # fmt: skip
             hit_rate, tokens_per_second, model_calls = (
@@ -91,15 +92,16 @@ def run_explorers(
                 stats.misses,
             )
             calls = remote_call_summary(stats)
-            run.failures.extend(failed_call_rows(explorer, histories, stats))
-            run.over_budget = failure_budget_exceeded(explorer, len(histories), stats)
+            run.failures.extend(failed_call_rows(explorer, chosen, stats))
+            run.over_budget = failure_budget_exceeded(explorer, len(chosen), stats)
         run.rows.extend(produced)
         run.per_explorer.append(
             {
                 "explorer": explorer.name,
                 "kind": explorer.kind,
                 "profiles": len(produced),
-                "per_user": round(len(produced) / max(len(histories), 1), 2),
+                "users": len(chosen),
+                "per_user": round(len(produced) / max(len(chosen), 1), 2),
                 "mean_words": round(
                     sum(len(r.profile.split()) for r in produced) / max(len(produced), 1), 1
                 ),
