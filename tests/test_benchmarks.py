@@ -1,4 +1,4 @@
-"""The generation and label-scoring benchmarks run end to end at a toy size.
+"""The benchmarks run end to end at a toy size.
 
 Their speed ratios mean nothing at this size, so the verdict (exit code) is not checked; what
 is checked is that every configuration runs and agrees with the others.
@@ -57,3 +57,15 @@ def test_profiles_rerun_benchmark_materializes_twice(pipeline_world, tmp_path: P
     cold = float(re.search(r"cold sampled_profiles:\s+([\d.]+)s", out).group(1))
     warm = float(re.search(r"warm sampled_profiles:\s+([\d.]+)s", out).group(1))
     assert 0 < warm < cold, out
+
+
+def test_scoring_benchmark_kept_and_fresh_featurizers_agree() -> None:
+    out = _run("scoring_benchmark.py", "--users", "4", "--targets", "2", "--methods", "2")
+    assert "3 methods (no profile and 2 writer styles)" in out, out
+    assert "scores identical: True" in out, out
+
+
+def test_deterministic_fill_benchmark_gives_identical_weights() -> None:
+    out = _run("deterministic_fill_benchmark.py", "--users", "8", "--pairs", "16")
+    assert re.search(r"^pretraining .* identical", out, re.MULTILINE), out
+    assert re.search(r"^DPO .* identical", out, re.MULTILINE), out
