@@ -364,7 +364,9 @@ def test_generate_each_hands_over_failures_and_starts_no_call_ahead(
 
 
 def test_sustained_429s_lower_concurrency_which_recovers(chat_server: Any, make_model: Any) -> None:
-    chat_server.delay_s = 0.02
+    # 0.05 s a reply, so that requests sent at concurrency 3-4 overlap at the server even when
+    # the client's threads start late on busy cores (at 0.02 s the server once saw at most 2).
+    chat_server.delay_s = 0.05
     for _ in range(12):
         chat_server.fail(429, retry_after="0.05")
     model = make_model(max_concurrency=4, timeout_s=5, max_retries=10, backoff_max_s=1)
