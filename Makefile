@@ -54,6 +54,7 @@ bench: install
 	$(BIN)/python bench/bootstrap_benchmark.py
 	$(BIN)/python bench/scoring_benchmark.py
 	$(BIN)/python bench/deterministic_fill_benchmark.py
+	$(BIN)/python bench/encoder_benchmark.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -444,6 +444,12 @@ class RecommenderSettings(_Section):
     knowledge: KnowledgeSettings = Field(
         default_factory=KnowledgeSettings, description="Item knowledge (asset item_knowledge)."
     )
+    encoder_precision: Literal["float32", "bfloat16"] = Field(
+        "float32",
+        description="The offline recommender's MiniLM encoder: float32, or bfloat16 autocast "
+        "(2-3x faster encoding on CPUs with AMX or AVX512-BF16, slower elsewhere; embeddings "
+        "within a cosine of 0.9999 of float32's, so scores move in their last digits).",
+    )
     reward: Literal["continuous", "binary"] = Field(
         "continuous",
         description="continuous: per target the log-probability of the truth (sentiment) or "

@@ -69,3 +69,11 @@ def test_deterministic_fill_benchmark_gives_identical_weights() -> None:
     out = _run("deterministic_fill_benchmark.py", "--users", "8", "--pairs", "16")
     assert re.search(r"^pretraining .* identical", out, re.MULTILINE), out
     assert re.search(r"^DPO .* identical", out, re.MULTILINE), out
+
+
+def test_encoder_benchmark_compares_both_precisions() -> None:
+    out = _run("encoder_benchmark.py", "--users", "4", "--items", "60")
+    assert re.search(r"^float32 .* texts/s$", out, re.MULTILINE), out
+    assert re.search(r"^bfloat16 .* texts/s$", out, re.MULTILINE), out
+    cosine = float(re.search(r"cosine to float32: min ([0-9.]+)", out).group(1))
+    assert cosine >= 0.9995, out

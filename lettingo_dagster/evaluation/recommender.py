@@ -76,6 +76,7 @@ def offline_recommender(preset: Preset, knowledge_dir: str | None, *, oracle: bo
             use_item_knowledge=use_knowledge,
             oracle_long_window=oracle,
             seed=config.seed,
+            encoder_precision=config.encoder_precision,
         ),
         knowledge=ItemKnowledge.load(knowledge_dir) if use_knowledge else None,
     )

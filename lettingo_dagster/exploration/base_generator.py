@@ -29,6 +29,7 @@ from lettingo_dagster.exploration.prompts import PromptTemplate, sanitize_field
 from lettingo_dagster.exploration.writers import write_profiles
 from lettingo_dagster.models.base import ChatPrompt, Decoding
 from lettingo_dagster.models.determinism import deterministic_torch
+from lettingo_dagster.models.precision import native_bf16
 from lettingo_dagster.settings import BaseGeneratorSettings
 
 if TYPE_CHECKING:  # torch and transformers load lazily: importing stays fast
@@ -486,18 +487,6 @@ class PretrainReport:
         return asdict(self)
 
 
-def _native_bf16(device: torch.device) -> bool:
-    """Whether bfloat16 matmuls run natively (else autocast would only slow things down)."""
-    import torch
-
-    if device.type == "cuda":
-        return bool(torch.cuda.is_bf16_supported())
-    try:  # a private helper, hence the guard; AMX implies AVX512-BF16 support
-        return bool(torch.cpu._is_avx512_bf16_supported())
-    except AttributeError:
-        return False
-
-
 def _lr_factor(step: int, total: int, warmup: int) -> float:
     """Linear warmup, then cosine decay to a tenth of the peak."""
     if step < warmup:
@@ -532,7 +521,7 @@ def pretrain(
     target = torch.device(
         ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
     )
-    use_bf16 = _native_bf16(target) if bf16 is None else bf16
+    use_bf16 = native_bf16(target) if bf16 is None else bf16
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(torch_threads)  # oversubscribed cores are several times slower
     restore = contextlib.ExitStack()

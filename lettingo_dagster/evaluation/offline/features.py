@@ -38,7 +38,7 @@ import numpy as np
 
 from lettingo_dagster.evaluation.examples import ItemText, TargetExample, item_text
 from lettingo_dagster.evaluation.knowledge import KnowledgeContext, KnowledgeFeatures
-from lettingo_dagster.evaluation.offline.encoder import TextEncoder
+from lettingo_dagster.evaluation.offline.encoder import EncoderPrecision, TextEncoder
 from lettingo_dagster.exploration.history import RatedItem
 
 
@@ -59,6 +59,7 @@ class OfflineConfig:
     oracle_long_window: bool = False  # ONLY the oracle study: long-window features
     holdout_fraction: float = 0.25  # calibration users held out for the figures fit returns
     seed: int = 0
+    encoder_precision: EncoderPrecision = "float32"  # the MiniLM encoder's (encoder.py)
 
 
 _SEGMENT_SPLIT = re.compile(r"(?<=[.;!?])\s+|\n+|\",\s*\"")

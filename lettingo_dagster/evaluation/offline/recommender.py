@@ -75,8 +75,8 @@ def _rows(
 class OfflineRecommender(Recommender):
     """MiniLM features and a head per task; fit on calibration users, then frozen.
 
-    Without an `encoder`, the process-wide `shared_encoder()` is used, so every recommender in a
-    process shares one MiniLM model and its embedding cache.
+    Without an `encoder`, the process-wide `shared_encoder()` of the config's precision is used,
+    so every recommender in a process shares one MiniLM model and its embedding cache.
     """
 
     def __init__(
@@ -86,7 +86,14 @@ class OfflineRecommender(Recommender):
         knowledge: ItemKnowledge | None = None,
     ) -> None:
         self.config = config or OfflineConfig()
-        self.encoder = encoder if encoder is not None else shared_encoder()
+        if encoder is None:
+            encoder = shared_encoder(precision=self.config.encoder_precision)
+        elif getattr(encoder, "precision", "float32") != self.config.encoder_precision:
+            raise ValueError(
+                f"the encoder's precision is {getattr(encoder, 'precision', 'float32')}, the "
+                f"config's {self.config.encoder_precision}"
+            )
+        self.encoder = encoder
         self.knowledge = knowledge
         self.name = "offline-minilm" + ("-oracle" if self.config.oracle_long_window else "")
         self._space: _Space | None = None
