@@ -206,6 +206,19 @@ _READERS: dict[str, ProfileReader] = {}
 
 
 @dataclass(frozen=True)
+class _Mentioned:
+    """The items a profile names, in item factors (None: it names no liked item)."""
+
+    polarity_mean: np.ndarray  # (F,) the named items' factors times their polarity, averaged
+    liked_mean: np.ndarray | None  # (F,) the liked ones' mean
+    liked_units: np.ndarray | None  # (L, F) the liked ones, unit length
+
+
+# Profiles whose named items are kept in factor form (a few hundred bytes each).
+_MENTIONED_CACHE_SIZE = 8192
+
+
+@dataclass(frozen=True)
 class KnowledgeContext:
     """The knowledge block's profile-independent parts for one example and candidate list."""
 
@@ -241,6 +254,7 @@ class KnowledgeFeatures:
         self.reader = reader
         self._genres = {i: set(g.split("|")) - {""} for i, g in zip(
             knowledge.item_ids, knowledge.genres, strict=True)}  # fmt: skip
+        self._mentioned_cache: dict[tuple[tuple[str, float], ...], _Mentioned] = {}
 
     @property
     def width(self) -> int:
@@ -266,22 +280,39 @@ class KnowledgeFeatures:
         for row, item in enumerate(candidate_ids):
             stated = [genres[g] for g in self._genres.get(item, ()) if g in genres]
             if stated:
-                out[row] = (float(np.mean(stated)), max(stated), min(stated))
+                # sum / len rather than np.mean: the same value for an item's few genres, without
+                # numpy's per-call cost on a list (this runs for every candidate of every row).
+                out[row] = (sum(stated) / len(stated), max(stated), min(stated))
         return out
+
+    def _mentioned(self, items: tuple[tuple[str, float], ...]) -> _Mentioned:
+        """What the items a profile names add up to, computed once per profile: the features
+        relate it to every candidate list the profile is scored with."""
+        mentioned = self._mentioned_cache.get(items)
+        if mentioned is None:
+            polarity = np.array([p for _, p in items])
+            vecs = self.knowledge.vectors([i for i, _ in items])
+            positive = polarity > 0
+            mentioned = _Mentioned(
+                polarity_mean=(polarity[:, None] * vecs).mean(axis=0),
+                liked_mean=vecs[positive].mean(axis=0) if positive.any() else None,
+                liked_units=_unit(vecs[positive]) if positive.any() else None,
+            )
+            if len(self._mentioned_cache) >= _MENTIONED_CACHE_SIZE:
+                self._mentioned_cache.pop(next(iter(self._mentioned_cache)))
+            self._mentioned_cache[items] = mentioned
+        return mentioned
 
     def _mentions(self, cand: np.ndarray, items: tuple[tuple[str, float], ...]) -> np.ndarray:
         out = np.zeros((len(cand), 4))
         if not items:
             return out
-        ids = [i for i, _ in items]
-        polarity = np.array([p for _, p in items])
-        vecs = self.knowledge.vectors(ids)
+        mentioned = self._mentioned(items)
         out[:, 0] = np.log1p(len(items))
-        out[:, 1] = cand @ (polarity[:, None] * vecs).mean(axis=0)
-        positive = polarity > 0
-        if positive.any():
-            out[:, 2] = cand @ vecs[positive].mean(axis=0)
-            out[:, 3] = (_unit(cand) @ _unit(vecs[positive]).T).max(axis=1)
+        out[:, 1] = cand @ mentioned.polarity_mean
+        if mentioned.liked_mean is not None:
+            out[:, 2] = cand @ mentioned.liked_mean
+            out[:, 3] = (_unit(cand) @ mentioned.liked_units.T).max(axis=1)
         return out
 
     def context(self, example, candidates) -> KnowledgeContext:

@@ -171,6 +171,8 @@ class _Featurizer:
         self._stats: dict[str, np.ndarray] = {}
         self._contexts: OrderedDict[tuple[int, tuple[str, ...]], _Context] = OrderedDict()
         self._readings: OrderedDict[str, _Reading | None] = OrderedDict()
+        self._items: dict[str, np.ndarray] = {}  # item text -> centred embedding
+        self._genre_index: dict[str, int] = {}  # genre -> column of `_genre_rows`
         self.space = space
 
     @property
@@ -179,16 +181,42 @@ class _Featurizer:
 
     @space.setter
     def space(self, space: _Space | None) -> None:
-        # Every cached context and reading was computed in the old space.
+        # Every cached context, reading, item vector and statistic belongs to the old space.
         self._space = space
         self._contexts.clear()
         self._readings.clear()
+        self._items.clear()
+        self._stats = {}
 
     # embeddings
     def item_vectors(self, items: Sequence[ItemText | RatedItem]) -> np.ndarray:
         """Centred, normalized item embeddings (cosines then compare items with each other,
         not with the average item)."""
-        return self.space.center_items(self.encoder.encode([item_text(i) for i in items]))
+        texts = [item_text(i) for i in items]
+        if not texts:
+            return self.space.center_items(self.encoder.encode([]))
+        # Each item is centred once per space: the same few thousand items recur in every
+        # example's windows and candidates (row-wise, so the vectors are the same bits).
+        missing = [t for t in dict.fromkeys(texts) if t not in self._items]
+        if missing:
+            centred = self.space.center_items(self.encoder.encode(missing))
+            self._items.update(zip(missing, centred, strict=True))
+        return np.stack([self._items[t] for t in texts])
+
+    def _genre_rows(self, *groups: Sequence[ItemText | RatedItem]) -> list[np.ndarray]:
+        """For each group of items, (len(group), genres) 0/1 rows: which genres each item has,
+        in columns shared by the groups."""
+        for items in groups:
+            for item in items:
+                for genre in item.genres:
+                    self._genre_index.setdefault(genre, len(self._genre_index))
+        out = []
+        for items in groups:
+            rows = np.zeros((len(items), len(self._genre_index)))
+            for row, item in enumerate(items):
+                rows[row, [self._genre_index[g] for g in item.genres]] = 1.0
+            out.append(rows)
+        return out
 
     def anchors(self) -> np.ndarray:
         if self._anchors is None:
@@ -274,19 +302,15 @@ class _Featurizer:
         weights = _softmax(sims / 0.1, axis=1)
         knn_rating = weights @ ratings - mean
         nearest = ratings[sims.argmax(axis=1)] - mean
-        cand_genres = [set(c.genres) for c in candidates]
-        window_genres = [set(i.genres) for i in window]
-        genre_rating = np.zeros(n)
-        genre_share = np.zeros(n)
-        for row, genres in enumerate(cand_genres):
-            match = np.array([bool(genres & g) for g in window_genres])
-            genre_rating[row] = (ratings[match].sum() + _SHRINK * mean) / (
-                match.sum() + _SHRINK
-            ) - mean
-            if genres:
-                genre_share[row] = np.mean(
-                    [sum(g in w for w in window_genres) / len(window) for g in genres]
-                )
+        # Genres as 0/1 rows: matrix products instead of a Python loop per candidate (this
+        # block runs for every example in every fit and scoring call).
+        cand_genres, window_genres = self._genre_rows(candidates, window)
+        match = (cand_genres @ window_genres.T) > 0  # (n, W): shares a genre with the item
+        genre_rating = (match @ ratings + _SHRINK * mean) / (match.sum(axis=1) + _SHRINK) - mean
+        # Per candidate genre, the share of window items with it; averaged over its genres.
+        stated = cand_genres.sum(axis=1)
+        genre_share = (cand_genres @ window_genres.sum(axis=0)) / len(window)
+        genre_share = np.divide(genre_share, stated, out=np.zeros(n), where=stated > 0)
         years = np.array([i.year for i in window if i.year is not None], dtype=float)
         cand_years = np.array([c.year if c.year is not None else np.nan for c in candidates])
         year_gap = (
