@@ -243,3 +243,37 @@ def test_profile_segments() -> None:
         "Overall average 3.0.",
     ]
     assert len(profile_segments(". ".join(["word"] * 100), max_segments=5)) == 5
+
+
+def test_window_genre_features_match_their_definition(encoder: MiniLMEncoder) -> None:
+    """The window block's genre columns, computed by matrix products, against their definition:
+    the shrunk mean rating of window items sharing a genre with the candidate (minus the window
+    mean), and the candidate's genres' average share of window items."""
+    from lettingo_dagster.evaluation.offline.features import _SHRINK, _Featurizer
+
+    train = build_world(8, seed=7, targets=1)
+    featurizer = _Featurizer(encoder, OfflineConfig(item_dims=4, text_dims=4), None)
+    featurizer.space = featurizer.fit_space(train, [])
+    window = (
+        RatedItem("w1", "Night Hunt", 1980, ("Horror", "Thriller"), 5.0, "like"),
+        RatedItem("w2", "Big Laugh", 1990, ("Comedy",), 1.0, "dislike"),
+        RatedItem("w3", "Dark Joke", 1995, ("Comedy", "Horror"), 4.0, "like"),
+        RatedItem("w4", "Quiet Road", 1970, ("Documentary",), 3.0, "neutral"),
+    )
+    candidates = [
+        ItemText("c1", "Scream Again", 1985, ("Horror",)),
+        ItemText("c2", "Prairie", 1960, ("Western", "Comedy")),
+        ItemText("c3", "Space Opera", 2001, ("Sci-Fi",)),
+        ItemText("c4", "Untitled", None, ()),
+    ]
+    block = featurizer._window_block(featurizer.item_vectors(candidates), candidates, window)
+    ratings = np.array([i.rating for i in window]) / 5.0
+    mean = ratings.mean()
+    for row, candidate in enumerate(candidates):
+        match = np.array([bool(set(candidate.genres) & set(i.genres)) for i in window])
+        rating = (ratings[match].sum() + _SHRINK * mean) / (match.sum() + _SHRINK) - mean
+        shares = [sum(g in i.genres for i in window) / len(window) for g in candidate.genres]
+        assert block[row, 7] == pytest.approx(rating, abs=1e-12)
+        assert block[row, 8] == pytest.approx(np.mean(shares) if shares else 0.0, abs=1e-12)
+    # Horror: w1 and w3 (0.5 of the window); Western none, Comedy 2 of 4: (0 + 0.5) / 2.
+    assert block[:, 8] == pytest.approx([0.5, 0.25, 0.0, 0.0])
